@@ -1,0 +1,150 @@
+"""SSE fan-out benchmark: one publisher, N SSE subscribers in another process.
+
+Starts ``sluicegate serve --app bench.fanout_app:create_app`` pinned to CPU 0, opens
+N raw asyncio connections from this process pinned to CPU 1, has the server publish
+messages that carry their publish time, and measures deliveries per second and
+publish-to-receive latency (p50/p99, sampled on the oldest message of every read).
+Prints one JSON line.
+
+    .venv/bin/python bench/sse_fanout.py                       # every impl, N = 100 and 1000
+    .venv/bin/python bench/sse_fanout.py --impl sluicegate --subscribers 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.server import start_server  # noqa: E402 -- the same launcher the tests use
+
+IMPLS = ("sluicegate", "starlette", "sse-starlette", "fastapi-sse")
+PATHS = {impl: f"/bench/{impl}" for impl in IMPLS}
+_T = re.compile(rb'"t":(\d+)')
+
+
+class Subscriber:
+    def __init__(self) -> None:
+        self.deliveries = 0
+        self.samples: list[float] = []
+        self.first = 0.0
+        self.last = 0.0
+        self._tail = b""
+
+    async def run(self, host: str, port: int, path: str, ready: asyncio.Event, want: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b" 200 " in head.split(b"\r\n", 1)[0], head
+        ready.set()
+        try:
+            while self.deliveries < want:
+                chunk = await reader.read(262144)
+                if not chunk:
+                    return
+                now = time.time_ns()
+                # Every message holds '"seq":' once; a 5-byte tail cannot hold a whole one,
+                # so counting over tail + chunk counts each exactly once, however it is split.
+                joined = self._tail + chunk
+                n = joined.count(b'"seq":')
+                self._tail = joined[-5:]
+                if n:
+                    if not self.deliveries:
+                        self.first = time.perf_counter()
+                    self.deliveries += n
+                    self.last = time.perf_counter()
+                    match = _T.search(chunk)
+                    if match:
+                        self.samples.append((now - int(match.group(1))) / 1e6)
+        finally:
+            writer.close()
+
+
+async def measure(host: str, port: int, impl: str, n: int, messages: int, size: int) -> dict[str, object]:
+    subs = [Subscriber() for _ in range(n)]
+    readies = [asyncio.Event() for _ in range(n)]
+    tasks = [
+        asyncio.create_task(s.run(host, port, PATHS[impl], r, messages)) for s, r in zip(subs, readies, strict=True)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=600) as client:
+        while (await client.get("/bench/subscribers", params={"impl": impl})).json()["subscribers"] < n:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        publish = asyncio.create_task(
+            client.post("/bench/publish", params={"impl": impl, "count": messages, "size": size})
+        )
+        _, pending = await asyncio.wait(tasks, timeout=300)
+        for task in pending:
+            task.cancel()
+        await publish
+    deliveries = sum(s.deliveries for s in subs)
+    seconds = max(s.last for s in subs) - min(s.first for s in subs if s.first)
+    samples = sorted(x for s in subs for x in s.samples)
+    return {
+        "impl": impl,
+        "subscribers": n,
+        "messages": messages,
+        "deliveries": deliveries,
+        "lost": n * messages - deliveries,
+        "deliveries_per_s": round(deliveries / seconds) if seconds > 0 else None,
+        "p50_ms": round(statistics.median(samples), 2) if samples else None,
+        "p99_ms": round(samples[int(len(samples) * 0.99) - 1], 2) if samples else None,
+    }
+
+
+def _run(data_dir: Path, args: argparse.Namespace, cpus: list[int]) -> list[dict[str, object]]:
+    server = start_server("bench.fanout_app:create_app", data_dir, {"SLUICEGATE_STREAM_QUEUE_SIZE": "1000"})
+    try:
+        if len(cpus) >= 2:
+            os.sched_setaffinity(server.process.pid, {cpus[0]})
+            os.sched_setaffinity(0, {cpus[1]})
+        results = []
+        for impl in args.impl.split(","):
+            for n in (int(x) for x in args.subscribers.split(",")):
+                messages = max(1, args.deliveries // n)
+                results.append(uvloop.run(measure(server.host, server.port, impl, n, messages, args.size)))
+        return results
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", default=",".join(IMPLS), help="comma-separated: " + ", ".join(IMPLS))
+    parser.add_argument("--subscribers", default="100,1000", help="comma-separated subscriber counts")
+    parser.add_argument("--deliveries", type=int, default=500_000, help="target deliveries per measurement")
+    parser.add_argument("--size", type=int, default=100, help="approximate message size in bytes")
+    args = parser.parse_args()
+
+    cpus = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as data_dir:
+        results = _run(Path(data_dir), args, cpus)
+    print(
+        orjson.dumps(
+            {
+                "bench": "sse_fanout",
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                "server_pinned_to_one_cpu": len(cpus) >= 2,
+                "message_bytes": args.size,
+                "results": results,
+            }
+        ).decode()
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Runnable examples of the streaming framework (``sluicegate serve --app examples.chat:create_app``)."""

@@ -1,0 +1,229 @@
+"""The composition root: :func:`create_app` builds the engines from settings, mounts
+every router, and opens and closes everything in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+import sluicegate
+from sluicegate.clock import Clock, SystemClock
+from sluicegate.errors import APIError, ErrCode, invalid_fields
+from sluicegate.security.auth import DenyAllAuthenticator
+from sluicegate.settings import Settings
+from sluicegate.streaming.config import StreamConfig
+from sluicegate.streaming.openapi import add_stream_paths
+from sluicegate.streaming.transport import StreamApp
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from sluicegate.engines import Engine
+    from sluicegate.security.auth import Authenticator
+    from sluicegate.streaming.endpoints import StreamEndpoint, StreamRouter
+
+__all__ = ["create_app", "json_response"]
+
+log = logging.getLogger("sluicegate")
+
+_STATUS_CODES = {
+    400: ErrCode.INVALID_ARGUMENT,
+    401: ErrCode.UNAUTHENTICATED,
+    403: ErrCode.PERMISSION_DENIED,
+    404: ErrCode.NOT_FOUND,
+    409: ErrCode.ALREADY_EXISTS,
+    413: ErrCode.PAYLOAD_TOO_LARGE,
+    429: ErrCode.RESOURCE_EXHAUSTED,
+    501: ErrCode.UNIMPLEMENTED,
+    503: ErrCode.UNAVAILABLE,
+}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response serialised with orjson."""
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def _error_response(error: APIError) -> Response:
+    if error.status >= 500:
+        log.error("request failed with %s: %s", error.code.value, error.message)
+    return json_response(error.body(), error.status, error.headers)
+
+
+async def _api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)  # noqa: S101 -- registered for APIError only
+    return _error_response(exc)
+
+
+async def _validation_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    return _error_response(invalid_fields(exc.errors()))
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    if exc.status_code == 405:
+        code = ErrCode.METHOD_NOT_ALLOWED
+    else:
+        code = _STATUS_CODES.get(
+            exc.status_code, ErrCode.INTERNAL if exc.status_code >= 500 else ErrCode.INVALID_ARGUMENT
+        )
+    error = APIError(code, str(exc.detail), headers=dict(exc.headers or {}))
+    return json_response(error.body(), exc.status_code, error.headers)
+
+
+class ErrorBoundary:
+    """Turns any exception that escapes a route into a logged 500 with a JSON body, never a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = json_response(APIError.internal().body(), 500)
+            await response(scope, receive, send)
+
+
+def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: StreamConfig) -> list[StreamEndpoint]:
+    endpoints: list[StreamEndpoint] = []
+    for router in routers:
+        for endpoint in router.endpoints:
+            handler = StreamApp(endpoint, config)
+            if endpoint.methods:
+                app.router.routes.append(
+                    Route(endpoint.path, handler, methods=list(endpoint.methods), name=endpoint.name)
+                )
+            app.router.routes.append(WebSocketRoute(endpoint.path, handler, name=f"{endpoint.name}.ws"))
+            endpoints.append(endpoint)
+    return endpoints
+
+
+def _health_router(engines: list[Engine]) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Liveness: the process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: every engine is reachable")
+    async def readyz() -> Response:
+        results: dict[str, str] = {}
+        for engine in engines:
+            try:
+                async with asyncio.timeout(2.0):
+                    await engine.check()
+                results[engine.name] = "ok"
+            except Exception as exc:  # an engine may fail in any way; report it, never raise
+                results[engine.name] = f"unavailable: {type(exc).__name__}"
+        ready = all(v == "ok" for v in results.values())
+        return json_response({"status": "ready" if ready else "unavailable", "engines": results}, 200 if ready else 503)
+
+    return router
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    streams: Sequence[StreamRouter] = (),
+    routers: Sequence[APIRouter] = (),
+    authenticator: Authenticator | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """Build a Sluicegate app.
+
+    Args:
+        settings: the settings; read from the environment when ``None``.
+        streams: stream routers to mount beside the built-in services.
+        routers: plain FastAPI routers to mount.
+        authenticator: who calls ``auth=True`` endpoints; by default every such call is a 401.
+        clock: the time source (tests pass a manual clock).
+
+    Returns:
+        An ASGI app; uvicorn serves it (``sluicegate serve``).
+    """
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+    engines: list[Engine] = []
+    stream_config = StreamConfig(
+        heartbeat_interval=settings.sse_heartbeat_seconds or None,
+        retry_ms=settings.sse_retry_ms,
+        outbox_size=settings.stream_queue_size,
+        send_timeout=settings.stream_send_timeout_seconds,
+        close_timeout=settings.stream_close_timeout_seconds,
+        max_message_bytes=settings.stream_max_message_bytes,
+        authenticator=authenticator or DenyAllAuthenticator(),
+        clock=clock,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened: list[Engine] = []
+        try:
+            for engine in engines:
+                await engine.open()
+                opened.append(engine)
+            yield
+        finally:
+            for engine in reversed(opened):
+                try:
+                    await engine.close()
+                except Exception:
+                    log.exception("closing engine %s failed", engine.name)
+
+    app = FastAPI(
+        title="Sluicegate",
+        version=sluicegate.__version__,
+        summary="A real-time streaming gateway: SSE and WebSocket fan-out, ingestion, collection and generation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engines = engines
+    app.state.stream_config = stream_config
+    app.add_exception_handler(APIError, _api_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_middleware(ErrorBoundary)
+
+    app.include_router(_health_router(engines))
+    for router in routers:
+        app.include_router(router)
+    endpoints = _mount_streams(app, streams, stream_config)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            add_stream_paths(schema, endpoints)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.server import Server, start_server
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start real servers for one test: ``serve("examples.chat:create_app", SLUICEGATE_X="1")``."""
+    servers: list[Server] = []
+
+    def start(app: str | None = None, **env: str) -> Server:
+        server = start_server(app, tmp_path / f"data{len(servers)}", env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """Like ``serve``, for servers shared by the tests of one module."""
+    servers: list[Server] = []
+
+    def start(app: str | None = None, **env: str) -> Server:
+        server = start_server(app, tmp_path_factory.mktemp("data"), env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
