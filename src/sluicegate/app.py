@@ -19,7 +19,11 @@ from starlette.routing import Route, WebSocketRoute
 import sluicegate
 from sluicegate.clock import Clock, SystemClock
 from sluicegate.errors import APIError, ErrCode, invalid_fields
-from sluicegate.security.auth import DenyAllAuthenticator
+from sluicegate.observability.metrics import Metrics, MetricsMiddleware
+from sluicegate.observability.streams import StreamTelemetry
+from sluicegate.security import routes as auth_routes
+from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, TokenService, load_or_create_secret
+from sluicegate.security.ratelimit import RateLimiter
 from sluicegate.settings import Settings
 from sluicegate.streaming.config import StreamConfig
 from sluicegate.streaming.openapi import add_stream_paths
@@ -127,7 +131,7 @@ def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: Stream
     return endpoints
 
 
-def _health_router(engines: list[Engine]) -> APIRouter:
+def _health_router(engines: list[Engine], limiter: RateLimiter, metrics: Metrics) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="Liveness: the process is up")
@@ -137,16 +141,19 @@ def _health_router(engines: list[Engine]) -> APIRouter:
     @router.get("/readyz", summary="Readiness: every engine is reachable")
     async def readyz() -> Response:
         results: dict[str, str] = {}
-        for engine in engines:
+        checks = [(engine.name, engine.check) for engine in engines] + [("rate_limits", limiter.check_storage)]
+        for name, check in checks:
             try:
                 async with asyncio.timeout(2.0):
-                    await engine.check()
-                results[engine.name] = "ok"
+                    await check()
+                results[name] = "ok"
             except Exception as exc:  # an engine may fail in any way; report it, never raise
-                results[engine.name] = f"unavailable: {type(exc).__name__}"
+                results[name] = f"unavailable: {type(exc).__name__}"
         ready = all(v == "ok" for v in results.values())
         return json_response({"status": "ready" if ready else "unavailable", "engines": results}, 200 if ready else 503)
 
+    router.add_api_route("/metrics", metrics.endpoint, methods=["GET"], summary="Prometheus metrics", tags=["ops"])
+    router.add_api_route("/api/metrics", metrics.endpoint, methods=["GET"], summary="Prometheus metrics", tags=["ops"])
     return router
 
 
@@ -164,7 +171,8 @@ def create_app(
         settings: the settings; read from the environment when ``None``.
         streams: stream routers to mount beside the built-in services.
         routers: plain FastAPI routers to mount.
-        authenticator: who calls ``auth=True`` endpoints; by default every such call is a 401.
+        authenticator: who calls ``auth=True`` stream endpoints; by default API keys and
+            bearer tokens from the settings.
         clock: the time source (tests pass a manual clock).
 
     Returns:
@@ -173,14 +181,22 @@ def create_app(
     settings = settings or Settings()
     clock = clock or SystemClock()
     engines: list[Engine] = []
+    metrics = Metrics(settings.metrics_namespace)
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
+    tokens = TokenService(secret, clock=clock)
+    gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
+    limiter = RateLimiter.from_settings(settings, on_reject=lambda group: metrics.rate_limited.labels(group).inc())
     stream_config = StreamConfig(
         heartbeat_interval=settings.sse_heartbeat_seconds or None,
         retry_ms=settings.sse_retry_ms,
         outbox_size=settings.stream_queue_size,
         send_timeout=settings.stream_send_timeout_seconds,
         close_timeout=settings.stream_close_timeout_seconds,
+        open_timeout=settings.stream_open_timeout_seconds,
         max_message_bytes=settings.stream_max_message_bytes,
-        authenticator=authenticator or DenyAllAuthenticator(),
+        authenticator=authenticator or gateway,
+        limiter=limiter,
+        observer=StreamTelemetry(metrics),
         clock=clock,
     )
 
@@ -198,6 +214,7 @@ def create_app(
                     await engine.close()
                 except Exception:
                     log.exception("closing engine %s failed", engine.name)
+            metrics.worker_exited()
 
     app = FastAPI(
         title="Sluicegate",
@@ -208,12 +225,18 @@ def create_app(
     app.state.settings = settings
     app.state.engines = engines
     app.state.stream_config = stream_config
+    app.state.authenticator = gateway
+    app.state.tokens = tokens
+    app.state.rate_limiter = limiter
+    app.state.metrics = metrics
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_middleware(ErrorBoundary)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    app.include_router(_health_router(engines))
+    app.include_router(_health_router(engines, limiter, metrics))
+    app.include_router(auth_routes.router)
     for router in routers:
         app.include_router(router)
     endpoints = _mount_streams(app, streams, stream_config)

@@ -4,13 +4,17 @@
 
     sluicegate --version
     sluicegate serve [--host HOST] [--port PORT] [--workers N] [--app MODULE:FACTORY]
+    sluicegate token create --tenant N [--scope SCOPE ...] [--ttl 24h] [--subject NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import sluicegate
@@ -40,7 +44,39 @@ def _parser() -> argparse.ArgumentParser:
         help=f"import string of an app factory taking no arguments (default {DEFAULT_APP}); "
         "the current directory is importable",
     )
+
+    token = commands.add_parser("token", help="bearer tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_commands.add_parser("create", help="print a new bearer token (signed with the server's secret)")
+    create.add_argument("--tenant", type=int, required=True, help="the tenant the token acts for")
+    create.add_argument("--scope", action="append", default=[], help="a scope (repeatable); 'admin' makes an admin")
+    create.add_argument("--ttl", type=_duration, default=timedelta(hours=24), help="lifetime: 3600, 90s, 15m, 24h, 7d")
+    create.add_argument("--subject", default="cli", help="the token's subject (sub), default 'cli'")
     return parser
+
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 3600, 90s, 15m, 24h or 7d")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from sluicegate.clock import SystemClock
+    from sluicegate.security.identity import TokenService, load_or_create_secret
+
+    settings = Settings()
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
+    token, _ = TokenService(secret, clock=SystemClock()).issue(
+        tenant=args.tenant, subject=args.subject, scopes=args.scope, ttl=args.ttl
+    )
+    print(token)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,12 +84,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     sys.path.insert(0, os.getcwd())
+    workers = args.workers or settings.workers
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker writes its metrics here; a scrape of any worker sums them all.
+        metrics_dir = settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     uvicorn.run(
         args.app,
         factory=True,
         host=args.host or settings.host,
         port=settings.port if args.port is None else args.port,
-        workers=args.workers or settings.workers,
+        workers=workers,
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",
@@ -61,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_timeout_seconds,
         timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_seconds)),
-        log_config=logging_config(settings.log_level),
+        log_config=logging_config(settings.log_level, settings.log_format),
         access_log=settings.access_log,
         server_header=False,
         proxy_headers=False,
@@ -75,5 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "token":
+        return _token_create(args)
     parser.print_help()
     return 2

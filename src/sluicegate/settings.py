@@ -6,11 +6,13 @@ folder holds everything a single-machine install keeps.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from limits import parse as parse_limit
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -27,6 +29,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="Server processes `sluicegate serve` starts.")
     access_log: bool = Field(False, description="Log one line per HTTP request (uvicorn's access log).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="`json` (one object per line), `text`, or `auto`: text on a terminal, JSON otherwise."
+    )
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="On shutdown, how long open streams may run before they are cancelled."
     )
@@ -44,8 +49,70 @@ class Settings(BaseSettings):
     stream_close_timeout_seconds: float = Field(
         5.0, gt=0, description="Time spent delivering the final error to a client that is being cut off."
     )
+    stream_open_timeout_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How long a stream handler may run before its first message before the stream is opened "
+        "anyway; until then an error it raises is a plain HTTP error.",
+    )
     stream_max_message_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest incoming WebSocket message or NDJSON line."
     )
     ws_ping_interval_seconds: float = Field(20.0, gt=0, description="WebSocket protocol ping interval.")
     ws_ping_timeout_seconds: float = Field(20.0, gt=0, description="Close a WebSocket whose pong is this late.")
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys as comma-separated `key:role` pairs (role `user` or `admin`; "
+        "`key:role:tenant` also sets the key's tenant, default 0).",
+    )
+    api_keys_file: Path | None = Field(None, description="A file of `key:role[:tenant]` lines (# comments allowed).")
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret for bearer tokens; generated into the data dir (0600) when unset."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for shared state (rate limits), e.g. redis://127.0.0.1:6379/0."
+    )
+
+    rate_limit_tenant: str = Field("1000/minute", description="Requests per tenant on tenant routes.")
+    rate_limit_streaming_ip: str = Field("30/minute", description="Requests per client IP on streaming routes.")
+    rate_limit_whitelist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="IPs and CIDRs that bypass the per-IP streaming limit (comma-separated)."
+    )
+    rate_limit_generate: str = Field("100/15 minutes", description="Generation requests per user API key.")
+    rate_limit_generate_admin: str = Field("1000/15 minutes", description="Generation requests per admin API key.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Proxies (IPs and CIDRs) whose X-Forwarded-For is believed when finding the client IP.",
+    )
+    metrics_namespace: str = Field(
+        "sluicegate", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Prefix of every Prometheus metric name."
+    )
+
+    @field_validator("api_keys", "rate_limit_whitelist", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit_whitelist", "trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    @field_validator("rate_limit_tenant", "rate_limit_streaming_ip", "rate_limit_generate", "rate_limit_generate_admin")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        if ";" in value or "," in value:
+            raise ValueError(f"{value!r} holds several limits; give one, such as '100/15 minutes'")
+        try:
+            parse_limit(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit such as '100/15 minutes' or '30/minute'") from None
+        return value

@@ -213,7 +213,7 @@ async def test_sse_subscriber_that_stops_reading_is_cut_off_while_others_get_eve
             await eventually(stalled_cut_off)
     assert [e.id for e in events] == [str(n) for n in range(count)]
     assert published.json()["delivered"] < 2 * count  # the stalled member stopped receiving
-    server.wait_for_log(r"/probe/room via sse ended: slow_consumer \(slow_consumer\)")
+    server.wait_for_log(r"Stream ended /probe/room via sse: slow_consumer \(slow_consumer\)")
 
 
 async def test_websocket_reader_that_stalls_is_closed_while_other_clients_keep_receiving(
@@ -246,4 +246,4 @@ async def test_websocket_reader_that_stalls_is_closed_while_other_clients_keep_r
     assert (code, reason) == (1008, "slow_consumer")
     assert loads(stalled.texts[-1])["code"] == "slow_consumer"
     assert len(stalled.texts) < count
-    server.wait_for_log(r"/probe/room via websocket ended: slow_consumer")
+    server.wait_for_log(r"Stream ended /probe/room via websocket: slow_consumer")

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from sluicegate.errors import APIError, invalid_fields
 from sluicegate.streaming.sse import encode_json_event, field_lines
 
-__all__ = ["Frame", "MessageCodec"]
+__all__ = ["OPEN_MARKER", "Frame", "MessageCodec"]
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ class Frame:
         SSEFieldError: at construction, when ``event`` or ``id`` would break SSE framing.
     """
 
-    __slots__ = ("_sse", "_text", "data", "event", "id")
+    __slots__ = ("_sse", "_text", "control", "data", "event", "id")
 
     def __init__(self, data: bytes, *, event: str | None = None, id: str | None = None) -> None:
         if event is not None or id is not None:
@@ -36,14 +36,21 @@ class Frame:
         self.data = data
         self.event = event
         self.id = id
+        #: A frame of the transport (heartbeat, open marker), not a message.
+        self.control = False
         self._sse: bytes | None = None
         self._text: str | None = None
 
     @classmethod
     def preframed(cls, sse: bytes) -> Frame:
-        """A frame whose SSE bytes are given verbatim (a heartbeat comment); its WebSocket text is empty."""
+        """A control frame whose SSE bytes are given verbatim (a heartbeat comment).
+
+        Control frames are not messages: WebSocket writers skip them and they are not
+        counted as sent messages.
+        """
         frame = cls(b"")
         frame._sse = sse
+        frame.control = True
         return frame
 
     @property
@@ -62,6 +69,10 @@ class Frame:
 
     def __repr__(self) -> str:
         return f"Frame({self.data[:60]!r}, event={self.event!r}, id={self.id!r})"
+
+
+#: Pushed to a stream's outbox to open it (send the headers) before its first message.
+OPEN_MARKER = Frame.preframed(b"")
 
 
 def _is_untyped(tp: Any) -> bool:

@@ -11,6 +11,7 @@ from sluicegate.security.auth import Authenticator, DenyAllAuthenticator
 
 if TYPE_CHECKING:
     from sluicegate.errors import APIError
+    from sluicegate.security.ratelimit import RateLimiter
     from sluicegate.streaming.streams import StreamInfo
 
 __all__ = ["LoggingObserver", "Outcome", "StreamConfig", "StreamObserver", "StreamStats"]
@@ -28,14 +29,13 @@ class StreamStats:
     started: float
     frames_sent: int = 0
     bytes_sent: int = 0
-    heartbeats: int = 0
     messages_received: int = 0
     last_write: float = 0.0
 
     @property
     def messages_sent(self) -> int:
-        """Frames written that were messages (not heartbeats)."""
-        return self.frames_sent - self.heartbeats
+        """Messages written (heartbeats and other control frames are not counted)."""
+        return self.frames_sent
 
 
 class StreamObserver(Protocol):
@@ -90,8 +90,12 @@ class StreamConfig:
             before the client is cut off as a slow consumer; ``None`` waits forever.
         close_timeout: seconds to spend delivering a final error to a client being
             cut off.
+        open_timeout: seconds a handler may take before its first message (or
+            ``stream.open()``) before the stream is opened anyway; until then an
+            ``APIError`` it raises is answered as a plain HTTP error.
         max_message_bytes: largest NDJSON line accepted by ``stream_in`` over HTTP.
         authenticator: called for ``auth=True`` endpoints.
+        limiter: counts endpoints declared with ``rate_limit=``.
         observer: told of every stream's start and end.
         clock: time source for heartbeats and durations.
     """
@@ -102,7 +106,9 @@ class StreamConfig:
     inbox_size: int = 64
     send_timeout: float | None = 10.0
     close_timeout: float = 5.0
+    open_timeout: float = 1.0
     max_message_bytes: int = 1024 * 1024
     authenticator: Authenticator = field(default_factory=DenyAllAuthenticator)
+    limiter: RateLimiter | None = None
     observer: StreamObserver = field(default_factory=LoggingObserver)
     clock: Clock = field(default_factory=SystemClock)

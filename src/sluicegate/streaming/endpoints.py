@@ -14,6 +14,8 @@
     async def chat(handshake: ChatHandshake, stream: StreamInOut[ChatIn, ChatOut]) -> None: ...
 
 The handshake parameter is optional (``async def chat(stream: StreamInOut[...])``).
+``auth=True`` calls the app's authenticator before the stream opens;
+``rate_limit="streaming_ip"`` counts the request against a rate-limit group.
 Types are read from the annotations when the decorator runs, so the message and
 handshake classes must be importable at module level. How each kind is served:
 
@@ -61,6 +63,7 @@ class StreamEndpoint:
     out_codec: MessageCodec[Any] | None
     result_codec: MessageCodec[Any] | None
     auth: bool
+    rate_limit: str | None
     name: str
     summary: str
     description: str
@@ -115,7 +118,9 @@ class StreamRouter:
         self.tags = tags
         self.endpoints: list[StreamEndpoint] = []
 
-    def _register(self, kind: StreamKind, path: str, auth: bool, name: str | None) -> Callable[[H], H]:
+    def _register(
+        self, kind: StreamKind, path: str, auth: bool, rate_limit: str | None, name: str | None
+    ) -> Callable[[H], H]:
         def decorator(handler: H) -> H:
             parts = _inspect_handler(kind, handler)
             doc = inspect.getdoc(handler) or ""
@@ -126,6 +131,7 @@ class StreamRouter:
                     path=self.prefix + path,
                     handler=handler,
                     auth=auth,
+                    rate_limit=rate_limit,
                     name=name or handler.__name__,
                     summary=summary.replace("\n", " "),
                     description=description,
@@ -137,14 +143,20 @@ class StreamRouter:
 
         return decorator
 
-    def stream_out(self, path: str, *, auth: bool = False, name: str | None = None) -> Callable[[H], H]:
+    def stream_out(
+        self, path: str, *, auth: bool = False, rate_limit: str | None = None, name: str | None = None
+    ) -> Callable[[H], H]:
         """Declare a server-to-client stream, served as SSE (``GET``) and WebSocket on ``path``."""
-        return self._register("out", path, auth, name)
+        return self._register("out", path, auth, rate_limit, name)
 
-    def stream_in(self, path: str, *, auth: bool = False, name: str | None = None) -> Callable[[H], H]:
+    def stream_in(
+        self, path: str, *, auth: bool = False, rate_limit: str | None = None, name: str | None = None
+    ) -> Callable[[H], H]:
         """Declare a client-to-server stream whose handler returns the response."""
-        return self._register("in", path, auth, name)
+        return self._register("in", path, auth, rate_limit, name)
 
-    def stream_in_out(self, path: str, *, auth: bool = False, name: str | None = None) -> Callable[[H], H]:
+    def stream_in_out(
+        self, path: str, *, auth: bool = False, rate_limit: str | None = None, name: str | None = None
+    ) -> Callable[[H], H]:
         """Declare a bidirectional stream over WebSocket."""
-        return self._register("in_out", path, auth, name)
+        return self._register("in_out", path, auth, rate_limit, name)

@@ -17,6 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from sluicegate.errors import StreamClosed
+from sluicegate.streaming.codec import OPEN_MARKER
 
 if TYPE_CHECKING:
     from sluicegate.streaming.codec import Frame
@@ -33,7 +34,7 @@ class Outbox:
             off; ``None`` waits as long as it takes.
     """
 
-    __slots__ = ("_closed", "_getter", "_items", "_maxsize", "_put_timeout", "_putters", "overflow")
+    __slots__ = ("_closed", "_getter", "_items", "_maxsize", "_put_timeout", "_putters", "_started", "overflow")
 
     def __init__(self, maxsize: int, *, put_timeout: float | None = None) -> None:
         if maxsize < 1:
@@ -44,6 +45,7 @@ class Outbox:
         self._getter: asyncio.Future[None] | None = None
         self._putters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._started = False
         #: Resolved when the outbox overflowed; the stream owning it must then close.
         self.overflow: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -54,6 +56,16 @@ class Outbox:
     def closed(self) -> bool:
         """Whether no more frames are accepted."""
         return self._closed
+
+    @property
+    def started(self) -> bool:
+        """Whether anything was ever queued: the stream is (being) opened."""
+        return self._started
+
+    def start(self) -> None:
+        """Ask the writer to open the stream now, before any message."""
+        if not self._started:
+            self.push_control(OPEN_MARKER)
 
     @property
     def overflowed(self) -> bool:
@@ -73,6 +85,7 @@ class Outbox:
             self._trip()
             return False
         self._items.append(frame)
+        self._started = True
         self._wake_getter()
         return True
 
@@ -99,11 +112,13 @@ class Outbox:
             if self._closed:
                 raise StreamClosed("stream is closed")
         self._items.append(frame)
+        self._started = True
         self._wake_getter()
 
     def push_control(self, frame: Frame) -> None:
         """Queue a control frame (heartbeat, final error) past the size limit."""
         self._items.append(frame)
+        self._started = True
         self._wake_getter()
 
     async def take(self) -> list[Frame]:

@@ -13,6 +13,7 @@ from sluicegate.errors import APIError, StreamClosed
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     from sluicegate.streaming.codec import Frame, MessageCodec
     from sluicegate.streaming.outbox import Outbox
@@ -82,6 +83,16 @@ class _Sender(Generic[OutT]):
         await self._outbox.put(frame)
         self.messages_sent += 1
 
+    async def open(self) -> None:
+        """Open the stream now (send the response headers or accept the WebSocket).
+
+        A stream opens by itself with its first message, and otherwise after the
+        app's open timeout. Until it is open, an ``APIError`` raised by the handler
+        is answered as a plain HTTP error (a 404 with a JSON body, say); call this
+        once the request is known to be good, when the first message may be a while.
+        """
+        self._outbox.start()
+
     def offer(self, frame: Frame) -> bool:
         """Queue a frame without waiting; a full queue cuts this stream off.
 
@@ -105,14 +116,18 @@ class _Sender(Generic[OutT]):
 
 
 class _Receiver(Generic[InT]):
-    def __init__(self, inbox: asyncio.Queue[Any]) -> None:
+    def __init__(self, inbox: asyncio.Queue[Any], opener: Callable[[], None] | None) -> None:
         self._inbox = inbox
+        self._opener = opener
         self.messages_received = 0
 
     def __aiter__(self) -> _Receiver[InT]:
         return self
 
     async def __anext__(self) -> InT:
+        if self._opener is not None:  # the client can only send once the stream is open
+            self._opener()
+            self._opener = None
         item = await self._inbox.get()
         if item is END_OF_INPUT:
             self._inbox.put_nowait(END_OF_INPUT)  # stay at the end for later reads
@@ -156,8 +171,8 @@ class StreamOut(_Sender[OutT]):
 class StreamIn(_Receiver[InT]):
     """A client-to-server stream: iterate it for messages; the handler's return value is the response."""
 
-    def __init__(self, info: StreamInfo, inbox: asyncio.Queue[Any]) -> None:
-        super().__init__(inbox)
+    def __init__(self, info: StreamInfo, inbox: asyncio.Queue[Any], opener: Callable[[], None] | None = None) -> None:
+        super().__init__(inbox, opener)
         self.info = info
 
     @property
@@ -176,7 +191,7 @@ class StreamInOut(_Receiver[InT], Generic[InT, OutT]):
         codec: MessageCodec[OutT],
         outbox: Outbox,
     ) -> None:
-        super().__init__(inbox)
+        super().__init__(inbox, outbox.start)
         self.info = info
         self._out = _Sender(codec, outbox)
 
@@ -201,6 +216,10 @@ class StreamInOut(_Receiver[InT], Generic[InT, OutT]):
     async def send_frame(self, frame: Frame) -> None:
         """Send an already-encoded frame."""
         await self._out.send_frame(frame)
+
+    async def open(self) -> None:
+        """Accept the WebSocket now (see :meth:`StreamOut.open`)."""
+        await self._out.open()
 
     def offer(self, frame: Frame) -> bool:
         """Queue a frame without waiting; a full queue cuts this stream off."""

@@ -42,6 +42,8 @@ __all__ = ["SSE_HEADERS", "StreamApp", "error_response"]
 
 log = logging.getLogger("sluicegate.streams")
 
+_Headers = list[tuple[bytes, bytes]]
+
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-store, no-transform"),
@@ -106,17 +108,29 @@ class StreamApp:
 
     # -- shared -------------------------------------------------------------------------
 
-    async def _open(self, scope: Scope, transport: Transport) -> tuple[BaseModel | None, StreamInfo]:
-        """Authenticate and validate the handshake; raises APIError before anything is sent."""
+    async def _open(self, scope: Scope, transport: Transport) -> tuple[BaseModel | None, StreamInfo, _Headers]:
+        """Authenticate, count the rate limit and validate the handshake.
+
+        Returns the handshake, the stream's info and the headers to answer with.
+
+        Raises:
+            APIError: before anything is sent to the client.
+        """
         conn = HTTPConnection(scope)
         auth = None
         if self.endpoint.auth:
             auth = await self.config.authenticator.authenticate(conn)
+        headers: _Headers = []
+        group, limiter = self.endpoint.rate_limit, self.config.limiter
+        if group is not None and limiter is not None:
+            result = await limiter.check(group, scope, auth)
+            if result is not None:
+                headers = [(k.lower().encode(), v.encode()) for k, v in result.headers().items()]
         handshake = None
         if self.endpoint.handshake_model is not None:
             handshake = build_handshake(self.endpoint.handshake_model, conn)
         info = StreamInfo(path=self.endpoint.path, transport=transport, last_event_id=last_event_id(conn), auth=auth)
-        return handshake, info
+        return handshake, info, headers
 
     async def _invoke(self, handshake: BaseModel | None, stream: Any) -> Any:
         set_auth_data(stream.info.auth)
@@ -132,9 +146,12 @@ class StreamApp:
                 await clock.sleep(interval - idle)
                 continue
             if not len(outbox):
-                stats.heartbeats += 1
                 outbox.push_control(_HEARTBEAT_FRAME)
             await clock.sleep(interval)
+
+    async def _open_later(self, outbox: Outbox) -> None:
+        await self.config.clock.sleep(self.config.open_timeout)
+        outbox.start()
 
     def _finish(self, info: StreamInfo, outcome: Outcome, error: APIError | None, stats: StreamStats) -> None:
         duration = self.config.clock.monotonic() - stats.started
@@ -144,24 +161,25 @@ class StreamApp:
 
     async def _sse(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            handshake, info = await self._open(scope, "sse")
+            handshake, info, headers = await self._open(scope, "sse")
         except APIError as exc:
             await error_response(send, exc)
+            return
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         cfg = self.config
         assert self.endpoint.out_codec is not None  # noqa: S101 -- set for every stream_out
         outbox = Outbox(cfg.outbox_size, put_timeout=cfg.send_timeout)
         stream = StreamOut(info, self.endpoint.out_codec, outbox)
         stats = StreamStats(started=cfg.clock.monotonic(), last_write=cfg.clock.monotonic())
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        if scope["method"] == "HEAD":
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
         cfg.observer.opened(info, "out")
 
         handler = asyncio.create_task(self._invoke(handshake, stream))
-        writer = asyncio.create_task(self._sse_writer(outbox, send, stats))
+        writer = asyncio.create_task(self._sse_writer(outbox, send, stats, SSE_HEADERS + headers))
         watcher = asyncio.create_task(_wait_disconnect(receive))
+        opener = asyncio.create_task(self._open_later(outbox))
         beat = (
             asyncio.create_task(self._heartbeat(outbox, stats, cfg.heartbeat_interval))
             if cfg.heartbeat_interval
@@ -182,6 +200,11 @@ class StreamApp:
                 error = _handler_error(handler, info)
                 if error is not None:
                     outcome = "error"
+                    if not outbox.started:  # refused before the stream opened: a plain HTTP error
+                        await _cancel(writer)
+                        error.headers.update({k.decode(): v.decode() for k, v in headers})
+                        await error_response(send, error)
+                        return
                     outbox.push_control(_error_frame(error))
                 outbox.close()
                 await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -193,31 +216,35 @@ class StreamApp:
                 outcome = "disconnected"
         finally:
             outbox.discard()
-            await _cancel(handler, writer, watcher, beat)
+            await _cancel(handler, writer, watcher, opener, beat)
             self._finish(info, outcome, error, stats)
 
-    async def _sse_writer(self, outbox: Outbox, send: Send, stats: StreamStats) -> None:
+    async def _sse_writer(
+        self, outbox: Outbox, send: Send, stats: StreamStats, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         clock = self.config.clock
-        # The retry: field rides on the first real event: alone, some clients (httpx-sse)
+        # The retry: field rides on the first message: alone, some clients (httpx-sse)
         # would surface it as an empty event.
         retry = retry_field(self.config.retry_ms) if self.config.retry_ms is not None else None
-        while True:
-            frames = await outbox.take()
-            if not frames:
-                return
-            if retry is not None and any(f is not _HEARTBEAT_FRAME for f in frames):
+        frames = await outbox.take()  # the first frames, the open marker, or the end
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        while frames:
+            messages = sum(not f.control for f in frames)
+            if retry is not None and messages:
                 parts = [f.sse for f in frames]
-                first = next(i for i, f in enumerate(frames) if f is not _HEARTBEAT_FRAME)
+                first = next(i for i, f in enumerate(frames) if not f.control)
                 parts[first] = retry + parts[first]
                 body, retry = b"".join(parts), None
             elif len(frames) == 1:
                 body = frames[0].sse
             else:
                 body = b"".join([f.sse for f in frames])
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            stats.frames_sent += len(frames)
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            stats.frames_sent += messages
             stats.bytes_sent += len(body)
             stats.last_write = clock.monotonic()
+            frames = await outbox.take()
 
     # -- WebSocket ----------------------------------------------------------------------
 
@@ -226,14 +253,10 @@ class StreamApp:
         if connect["type"] != "websocket.connect":
             return
         try:
-            handshake, info = await self._open(scope, "websocket")
+            handshake, info, headers = await self._open(scope, "websocket")
         except APIError as exc:
-            if "websocket.http.response" in scope.get("extensions", {}):
-                await error_response(send, exc, websocket=True)
-            else:
-                await send({"type": "websocket.close", "code": exc.close_code, "reason": exc.code.value})
+            await _deny(scope, send, exc)
             return
-        await send({"type": "websocket.accept"})
         cfg = self.config
         kind = self.endpoint.kind
         stats = StreamStats(started=cfg.clock.monotonic(), last_write=cfg.clock.monotonic())
@@ -243,8 +266,9 @@ class StreamApp:
         cfg.observer.opened(info, kind)
 
         handler = asyncio.create_task(self._invoke(handshake, stream))
-        writer = asyncio.create_task(self._ws_writer(outbox, send, stats))
+        writer = asyncio.create_task(self._ws_writer(outbox, send, stats, headers))
         reader = asyncio.create_task(self._ws_reader(receive, inbox, stats))
+        opener = asyncio.create_task(self._open_later(outbox))
         outcome: Outcome = "completed"
         error: APIError | None = None
         close_code, reason = 1000, ""
@@ -262,6 +286,10 @@ class StreamApp:
                 error = _handler_error(handler, info)
                 if error is not None:
                     outcome = "error"
+                    if not outbox.started:  # refused before the socket was accepted
+                        await _cancel(writer)
+                        await _deny(scope, send, error)
+                        return
                     outbox.push_control(_error_frame(error))
                     close_code, reason = error.close_code, error.code.value
                 elif self.endpoint.result_codec is not None:
@@ -277,7 +305,7 @@ class StreamApp:
                 outcome = "disconnected"
         finally:
             outbox.discard()
-            await _cancel(handler, writer, reader)
+            await _cancel(handler, writer, reader, opener)
             self._finish(info, outcome, error, stats)
 
     def _make_stream(self, info: StreamInfo, outbox: Outbox, inbox: asyncio.Queue[Any] | None) -> Any:
@@ -291,18 +319,22 @@ class StreamApp:
         assert ep.out_codec is not None  # noqa: S101
         return StreamInOut(info, inbox, ep.out_codec, outbox)
 
-    async def _ws_writer(self, outbox: Outbox, send: Send, stats: StreamStats) -> None:
+    async def _ws_writer(
+        self, outbox: Outbox, send: Send, stats: StreamStats, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         clock = self.config.clock
-        while True:
-            frames = await outbox.take()
-            if not frames:
-                return
+        frames = await outbox.take()  # the first frames, the open marker, or the end
+        await send({"type": "websocket.accept", "headers": headers})
+        while frames:
             for frame in frames:
+                if frame.control:
+                    continue
                 text = frame.text
                 await send({"type": "websocket.send", "text": text})
+                stats.frames_sent += 1
                 stats.bytes_sent += len(text)
-            stats.frames_sent += len(frames)
             stats.last_write = clock.monotonic()
+            frames = await outbox.take()
 
     async def _ws_reader(self, receive: Receive, inbox: asyncio.Queue[Any] | None, stats: StreamStats) -> None:
         codec = self.endpoint.in_codec
@@ -326,7 +358,7 @@ class StreamApp:
 
     async def _ndjson(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            handshake, info = await self._open(scope, "http")
+            handshake, info, headers = await self._open(scope, "http")
         except APIError as exc:
             await error_response(send, exc)
             return
@@ -355,7 +387,7 @@ class StreamApp:
                         {
                             "type": "http.response.start",
                             "status": 200,
-                            "headers": [(b"content-type", b"application/json")],
+                            "headers": [(b"content-type", b"application/json"), *headers],
                         }
                     )
                     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -406,6 +438,14 @@ def _slow_consumer_error(cfg: StreamConfig) -> APIError:
         "Reconnect (with Last-Event-ID to resume).",
         limit=cfg.outbox_size,
     )
+
+
+async def _deny(scope: Scope, send: Send, error: APIError) -> None:
+    """Refuse a WebSocket handshake with an HTTP error (or a close code if the server cannot)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await error_response(send, error, websocket=True)
+    else:
+        await send({"type": "websocket.close", "code": error.close_code, "reason": error.code.value})
 
 
 async def _wait_disconnect(receive: Receive) -> None:
