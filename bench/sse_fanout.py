@@ -1,13 +1,15 @@
-"""SSE fan-out benchmark: one publisher, N SSE subscribers in another process.
+"""SSE fan-out benchmark: one publisher, N SSE subscribers, through a real channel.
 
-Starts ``sluicegate serve --app bench.fanout_app:create_app`` pinned to CPU 0, opens
-N raw asyncio connections from this process pinned to CPU 1, has the server publish
-messages that carry their publish time, and measures deliveries per second and
-publish-to-receive latency (p50/p99, sampled on the oldest message of every read).
-Prints one JSON line.
+Starts ``sluicegate serve --app bench.fanout_app:create_app`` pinned to CPU 0. From
+this process, pinned to CPU 1, it opens N raw asyncio SSE connections and one
+WebSocket publisher. The publisher sends JSON messages that carry their send time and
+keeps at most ``--window`` messages ahead of the slowest subscriber (so nobody is cut
+off as a slow consumer). It measures deliveries per second and publish-to-receive
+latency (p50/p99, sampled on the oldest message of every socket read). Prints one
+JSON line.
 
-    .venv/bin/python bench/sse_fanout.py                       # every impl, N = 100 and 1000
-    .venv/bin/python bench/sse_fanout.py --impl sluicegate --subscribers 1000
+    .venv/bin/python bench/sse_fanout.py                   # channel and baselines, N = 100 and 1000
+    .venv/bin/python bench/sse_fanout.py --impl channel --subscribers 1000
 """
 
 from __future__ import annotations
@@ -26,15 +28,23 @@ from pathlib import Path
 import httpx
 import orjson
 import uvloop
+from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.server import start_server  # noqa: E402 -- the same launcher the tests use
 
-IMPLS = ("sluicegate", "starlette", "sse-starlette", "fastapi-sse")
-PATHS = {impl: f"/bench/{impl}" for impl in IMPLS}
+IMPLS = ("channel", "starlette", "sse-starlette", "fastapi-sse")
+DEFAULT_IMPLS = ("channel", "starlette", "sse-starlette")
+KEY = "sk-bench"
 _T = re.compile(rb'"t":(\d+)')
+
+
+def _paths(impl: str) -> tuple[str, str]:
+    if impl == "channel":
+        return "/api/channels/bench/events", "/api/channels/bench/ws"
+    return f"/bench/{impl}", f"/bench/{impl}/publish"
 
 
 class Subscriber:
@@ -47,11 +57,12 @@ class Subscriber:
 
     async def run(self, host: str, port: int, path: str, ready: asyncio.Event, want: int) -> None:
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert b" 200 " in head.split(b"\r\n", 1)[0], head
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nX-API-Key: {KEY}\r\n\r\n"
+        writer.write(request.encode())
         ready.set()
         try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b" 200 " in head.split(b"\r\n", 1)[0], head
             while self.deliveries < want:
                 chunk = await reader.read(262144)
                 if not chunk:
@@ -74,23 +85,42 @@ class Subscriber:
             writer.close()
 
 
-async def measure(host: str, port: int, impl: str, n: int, messages: int, size: int) -> dict[str, object]:
+async def _publish(
+    host: str, port: int, path: str, subs: list[Subscriber], messages: int, size: int, window: int
+) -> None:
+    pad = "x" * max(0, size - 60)
+    async with connect(f"ws://{host}:{port}{path}", additional_headers={"X-API-Key": KEY}, max_queue=None) as ws:
+
+        async def discard() -> None:  # acks and echoes of the channel WebSocket
+            async for _ in ws:
+                pass
+
+        draining = asyncio.create_task(discard())
+        slowest = 0
+        for seq in range(messages):
+            while seq - slowest >= window:
+                await asyncio.sleep(0.0002)
+                slowest = min(s.deliveries for s in subs)
+            await ws.send(orjson.dumps({"t": time.time_ns(), "seq": seq, "pad": pad}).decode())
+        draining.cancel()
+
+
+async def measure(host: str, port: int, impl: str, n: int, messages: int, size: int, window: int) -> dict[str, object]:
+    events_path, publish_path = _paths(impl)
     subs = [Subscriber() for _ in range(n)]
     readies = [asyncio.Event() for _ in range(n)]
     tasks = [
-        asyncio.create_task(s.run(host, port, PATHS[impl], r, messages)) for s, r in zip(subs, readies, strict=True)
+        asyncio.create_task(s.run(host, port, events_path, r, messages)) for s, r in zip(subs, readies, strict=True)
     ]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
-    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=600) as client:
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=60) as client:
         while (await client.get("/bench/subscribers", params={"impl": impl})).json()["subscribers"] < n:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        publish = asyncio.create_task(
-            client.post("/bench/publish", params={"impl": impl, "count": messages, "size": size})
-        )
-        _, pending = await asyncio.wait(tasks, timeout=300)
-        for task in pending:
-            task.cancel()
-        await publish
+    publisher = asyncio.create_task(_publish(host, port, publish_path, subs, messages, size, window))
+    _, pending = await asyncio.wait(tasks, timeout=300)
+    for task in pending:
+        task.cancel()
+    publisher.cancel()
     deliveries = sum(s.deliveries for s in subs)
     seconds = max(s.last for s in subs) - min(s.first for s in subs if s.first)
     samples = sorted(x for s in subs for x in s.samples)
@@ -107,7 +137,8 @@ async def measure(host: str, port: int, impl: str, n: int, messages: int, size: 
 
 
 def _run(data_dir: Path, args: argparse.Namespace, cpus: list[int]) -> list[dict[str, object]]:
-    server = start_server("bench.fanout_app:create_app", data_dir, {"SLUICEGATE_STREAM_QUEUE_SIZE": "1000"})
+    env = {"SLUICEGATE_API_KEYS": f"{KEY}:user", "SLUICEGATE_LOG_LEVEL": "info"}
+    server = start_server("bench.fanout_app:create_app", data_dir, env)
     try:
         if len(cpus) >= 2:
             os.sched_setaffinity(server.process.pid, {cpus[0]})
@@ -116,7 +147,7 @@ def _run(data_dir: Path, args: argparse.Namespace, cpus: list[int]) -> list[dict
         for impl in args.impl.split(","):
             for n in (int(x) for x in args.subscribers.split(",")):
                 messages = max(1, args.deliveries // n)
-                results.append(uvloop.run(measure(server.host, server.port, impl, n, messages, args.size)))
+                results.append(uvloop.run(measure(server.host, server.port, impl, n, messages, args.size, args.window)))
         return results
     finally:
         server.stop()
@@ -124,10 +155,11 @@ def _run(data_dir: Path, args: argparse.Namespace, cpus: list[int]) -> list[dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--impl", default=",".join(IMPLS), help="comma-separated: " + ", ".join(IMPLS))
+    parser.add_argument("--impl", default=",".join(DEFAULT_IMPLS), help="comma-separated: " + ", ".join(IMPLS))
     parser.add_argument("--subscribers", default="100,1000", help="comma-separated subscriber counts")
     parser.add_argument("--deliveries", type=int, default=500_000, help="target deliveries per measurement")
     parser.add_argument("--size", type=int, default=100, help="approximate message size in bytes")
+    parser.add_argument("--window", type=int, default=20, help="messages the publisher may run ahead of the slowest")
     args = parser.parse_args()
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -140,6 +172,7 @@ def main() -> None:
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                 "server_pinned_to_one_cpu": len(cpus) >= 2,
                 "message_bytes": args.size,
+                "window": args.window,
                 "results": results,
             }
         ).decode()

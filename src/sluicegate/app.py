@@ -8,26 +8,30 @@ import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import Response  # noqa: TC002 -- FastAPI reads route annotations at run time
 from starlette.routing import Route, WebSocketRoute
 
 import sluicegate
 from sluicegate.clock import Clock, SystemClock
+from sluicegate.engines.broker import broker_from_url
+from sluicegate.engines.store import Store, default_database_url
 from sluicegate.errors import APIError, ErrCode, invalid_fields
 from sluicegate.observability.metrics import Metrics, MetricsMiddleware
 from sluicegate.observability.streams import StreamTelemetry
+from sluicegate.responses import json_response
 from sluicegate.security import routes as auth_routes
 from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, TokenService, load_or_create_secret
 from sluicegate.security.ratelimit import RateLimiter
+from sluicegate.services.challenges import ChallengeService
+from sluicegate.services.channels import ChannelService
 from sluicegate.settings import Settings
 from sluicegate.streaming.config import StreamConfig
 from sluicegate.streaming.openapi import add_stream_paths
-from sluicegate.streaming.transport import StreamApp
+from sluicegate.streaming.transport import RAW_SEND, StreamApp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -54,11 +58,6 @@ _STATUS_CODES = {
     501: ErrCode.UNIMPLEMENTED,
     503: ErrCode.UNAVAILABLE,
 }
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response serialised with orjson."""
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
 def _error_response(error: APIError) -> Response:
@@ -115,6 +114,14 @@ class ErrorBoundary:
                 raise
             response = json_response(APIError.internal().body(), 500)
             await response(scope, receive, send)
+
+
+class SluicegateApp(FastAPI):
+    """FastAPI, keeping the server's own ``send`` in the scope for stream bodies."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: StreamConfig) -> list[StreamEndpoint]:
@@ -180,7 +187,17 @@ def create_app(
     """
     settings = settings or Settings()
     clock = clock or SystemClock()
-    engines: list[Engine] = []
+    store = Store(settings.database_url or default_database_url(settings.data_dir))
+    broker = broker_from_url(
+        settings.broker_url,
+        history_size=settings.channel_history_size,
+        history_seconds=settings.channel_history_seconds,
+        pending_limit=settings.stream_queue_size,
+        clock=clock,
+    )
+    engines: list[Engine] = [store, broker]
+    channels = ChannelService(broker, max_message_bytes=settings.channel_max_message_bytes)
+    challenges = ChallengeService(store, broker, clock)
     metrics = Metrics(settings.metrics_namespace)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
     tokens = TokenService(secret, clock=clock)
@@ -216,7 +233,7 @@ def create_app(
                     log.exception("closing engine %s failed", engine.name)
             metrics.worker_exited()
 
-    app = FastAPI(
+    app = SluicegateApp(
         title="Sluicegate",
         version=sluicegate.__version__,
         summary="A real-time streaming gateway: SSE and WebSocket fan-out, ingestion, collection and generation.",
@@ -229,6 +246,8 @@ def create_app(
     app.state.tokens = tokens
     app.state.rate_limiter = limiter
     app.state.metrics = metrics
+    app.state.store = store
+    app.state.broker = broker
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
@@ -237,9 +256,11 @@ def create_app(
 
     app.include_router(_health_router(engines, limiter, metrics))
     app.include_router(auth_routes.router)
+    app.include_router(channels.router)
+    app.include_router(challenges.router)
     for router in routers:
         app.include_router(router)
-    endpoints = _mount_streams(app, streams, stream_config)
+    endpoints = _mount_streams(app, [channels.streams, challenges.streams, *streams], stream_config)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     ws_ping_interval_seconds: float = Field(20.0, gt=0, description="WebSocket protocol ping interval.")
     ws_ping_timeout_seconds: float = Field(20.0, gt=0, description="Close a WebSocket whose pong is this late.")
 
+    broker_url: str = Field("memory://", description="The broker: memory://, redis://..., nats://...")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data dir>/sluicegate.db."
+    )
+    channel_history_size: int = Field(1000, ge=1, description="Messages a channel retains for resume and history.")
+    channel_history_seconds: float = Field(3600.0, gt=0, description="Age after which retained messages expire.")
+    channel_max_message_bytes: int = Field(65536, ge=16, description="Largest message published to a channel.")
+
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="API keys as comma-separated `key:role` pairs (role `user` or `admin`; "

@@ -98,3 +98,65 @@ class StalledWebSocket:
         close = self.protocol.close_rcvd
         self.sock.close()
         return (close.code, close.reason) if close is not None else (None, "")
+
+
+class RawSSEClient:
+    """An SSE client on a raw socket (HTTP parsed by h11), whose reading the test controls.
+
+    With ``rcvbuf`` set, the socket's receive buffer is tiny (set before connecting, so
+    the TCP window stays small): a client that stops reading stalls the connection
+    after a few kilobytes, which httpx and browsers never do on purpose.
+    """
+
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str], *, rcvbuf: int | None = None) -> None:
+        import socket
+
+        import h11
+
+        self._h11 = h11
+        self.conn = h11.Connection(our_role=h11.CLIENT)
+        self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect((host, port))
+        self.sock.setblocking(False)
+        self.request = h11.Request(method="GET", target=path, headers=[("Host", host), *headers.items()])
+        self.decoder = SSEDecoder()
+        self.events: list[SSEEvent] = []
+        self.status: int | None = None
+
+    async def open(self) -> int:
+        """Send the request and wait for the response head; returns the status."""
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(self.sock, self.conn.send(self.request) or b"")
+        async with asyncio.timeout(5 * UNIT):
+            while self.status is None:
+                await self._pump(loop)
+        return self.status
+
+    async def _pump(self, loop: asyncio.AbstractEventLoop) -> bool:
+        h11 = self._h11
+        data = await loop.sock_recv(self.sock, 65536)
+        self.conn.receive_data(data)
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                return bool(data)
+            if isinstance(event, h11.Response):
+                self.status = event.status_code
+            elif isinstance(event, h11.Data):
+                self.events.extend(self.decoder.feed(bytes(event.data)))
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return False
+
+    async def read(self, count: int | None = None, *, within: float = 30 * UNIT) -> list[SSEEvent]:
+        """Read until ``count`` events arrived (or the response ended)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(within):
+            while count is None or len(self.events) < count:
+                if not await self._pump(loop):
+                    break
+        return self.events
+
+    def close(self) -> None:
+        self.sock.close()

@@ -34,7 +34,17 @@ class Outbox:
             off; ``None`` waits as long as it takes.
     """
 
-    __slots__ = ("_closed", "_getter", "_items", "_maxsize", "_put_timeout", "_putters", "_started", "overflow")
+    __slots__ = (
+        "_closed",
+        "_controls",
+        "_getter",
+        "_items",
+        "_maxsize",
+        "_put_timeout",
+        "_putters",
+        "_started",
+        "overflow",
+    )
 
     def __init__(self, maxsize: int, *, put_timeout: float | None = None) -> None:
         if maxsize < 1:
@@ -46,6 +56,7 @@ class Outbox:
         self._putters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._started = False
+        self._controls = 0  # control frames queued: they do not count against maxsize
         #: Resolved when the outbox overflowed; the stream owning it must then close.
         self.overflow: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -81,7 +92,7 @@ class Outbox:
         """
         if self._closed:
             return False
-        if len(self._items) >= self._maxsize:
+        if len(self._items) - self._controls >= self._maxsize:
             self._trip()
             return False
         self._items.append(frame)
@@ -98,11 +109,11 @@ class Outbox:
         """
         if self._closed:
             raise StreamClosed("stream is closed")
-        if len(self._items) >= self._maxsize:
+        if len(self._items) - self._controls >= self._maxsize:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(self._put_timeout):
-                    while len(self._items) >= self._maxsize and not self._closed:
+                    while len(self._items) - self._controls >= self._maxsize and not self._closed:
                         waiter = loop.create_future()
                         self._putters.append(waiter)
                         await waiter
@@ -118,6 +129,7 @@ class Outbox:
     def push_control(self, frame: Frame) -> None:
         """Queue a control frame (heartbeat, final error) past the size limit."""
         self._items.append(frame)
+        self._controls += 1
         self._started = True
         self._wake_getter()
 
@@ -137,6 +149,7 @@ class Outbox:
                 self._getter = None
         items = list(self._items)
         self._items.clear()
+        self._controls = 0
         while self._putters:
             putter = self._putters.popleft()
             if not putter.done():
@@ -156,6 +169,7 @@ class Outbox:
         """Close and drop whatever is queued (the stream is gone)."""
         self.close()
         self._items.clear()
+        self._controls = 0
 
     def _trip(self) -> None:
         if not self.overflow.done():

@@ -177,7 +177,9 @@ class StreamApp:
         cfg.observer.opened(info, "out")
 
         handler = asyncio.create_task(self._invoke(handshake, stream))
-        writer = asyncio.create_task(self._sse_writer(outbox, send, stats, SSE_HEADERS + headers))
+        writer = asyncio.create_task(
+            self._sse_writer(outbox, send, _raw_send(scope, send), stats, SSE_HEADERS + headers)
+        )
         watcher = asyncio.create_task(_wait_disconnect(receive))
         opener = asyncio.create_task(self._open_later(outbox))
         beat = (
@@ -220,7 +222,7 @@ class StreamApp:
             self._finish(info, outcome, error, stats)
 
     async def _sse_writer(
-        self, outbox: Outbox, send: Send, stats: StreamStats, headers: list[tuple[bytes, bytes]]
+        self, outbox: Outbox, send: Send, raw_send: Send, stats: StreamStats, headers: list[tuple[bytes, bytes]]
     ) -> None:
         clock = self.config.clock
         # The retry: field rides on the first message: alone, some clients (httpx-sse)
@@ -229,18 +231,19 @@ class StreamApp:
         frames = await outbox.take()  # the first frames, the open marker, or the end
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         while frames:
-            messages = sum(not f.control for f in frames)
-            if retry is not None and messages:
-                parts = [f.sse for f in frames]
-                first = next(i for i, f in enumerate(frames) if not f.control)
-                parts[first] = retry + parts[first]
-                body, retry = b"".join(parts), None
-            elif len(frames) == 1:
-                body = frames[0].sse
+            if len(frames) == 1:
+                frame = frames[0]
+                messages = 0 if frame.control else 1
+                body = frame.sse
             else:
+                messages = len(frames) - sum(f.control for f in frames)
                 body = b"".join([f.sse for f in frames])
+            if retry is not None and messages:
+                first = next(f for f in frames if not f.control)
+                body = body.replace(first.sse, retry + first.sse, 1)
+                retry = None
             if body:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await raw_send({"type": "http.response.body", "body": body, "more_body": True})
             stats.frames_sent += messages
             stats.bytes_sent += len(body)
             stats.last_write = clock.monotonic()
@@ -266,7 +269,7 @@ class StreamApp:
         cfg.observer.opened(info, kind)
 
         handler = asyncio.create_task(self._invoke(handshake, stream))
-        writer = asyncio.create_task(self._ws_writer(outbox, send, stats, headers))
+        writer = asyncio.create_task(self._ws_writer(outbox, send, _raw_send(scope, send), stats, headers))
         reader = asyncio.create_task(self._ws_reader(receive, inbox, stats))
         opener = asyncio.create_task(self._open_later(outbox))
         outcome: Outcome = "completed"
@@ -320,7 +323,7 @@ class StreamApp:
         return StreamInOut(info, inbox, ep.out_codec, outbox)
 
     async def _ws_writer(
-        self, outbox: Outbox, send: Send, stats: StreamStats, headers: list[tuple[bytes, bytes]]
+        self, outbox: Outbox, send: Send, raw_send: Send, stats: StreamStats, headers: list[tuple[bytes, bytes]]
     ) -> None:
         clock = self.config.clock
         frames = await outbox.take()  # the first frames, the open marker, or the end
@@ -330,7 +333,7 @@ class StreamApp:
                 if frame.control:
                     continue
                 text = frame.text
-                await send({"type": "websocket.send", "text": text})
+                await raw_send({"type": "websocket.send", "text": text})
                 stats.frames_sent += 1
                 stats.bytes_sent += len(text)
             stats.last_write = clock.monotonic()
@@ -438,6 +441,21 @@ def _slow_consumer_error(cfg: StreamConfig) -> APIError:
         "Reconnect (with Last-Event-ID to resume).",
         limit=cfg.outbox_size,
     )
+
+
+#: Where :class:`sluicegate.app.SluicegateApp` keeps the server's own ``send``.
+RAW_SEND = "sluicegate.raw_send"
+
+
+def _raw_send(scope: Scope, send: Send) -> Send:
+    """The server's ``send``, for the body of a stream once its start has gone out.
+
+    Deliberate shortcut: every middleware wrapper of ``send`` on the way (Starlette's
+    error and exception middleware, ours) only watches the response start, yet costs a
+    Python call per message; a stream's body chunks skip them.
+    """
+    raw: Send | None = scope.get(RAW_SEND)
+    return raw if raw is not None else send
 
 
 async def _deny(scope: Scope, send: Send, error: APIError) -> None:

@@ -1,0 +1,142 @@
+"""The store engine: relational state through SQLAlchemy 2 (async).
+
+``SLUICEGATE_DATABASE_URL`` picks the database: SQLite through aiosqlite by default
+(``sqlite+aiosqlite:///<data dir>/sluicegate.db``), PostgreSQL through asyncpg.
+Services declare their tables on :class:`Base`; the store creates what is missing
+when it opens.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives
+a ``kill -9`` of the server (it is in the WAL, handed to the OS), which is what an
+acknowledgement promises here.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import DateTime, Dialect, TypeDecorator, event, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from sluicegate.errors import APIError, ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+__all__ = ["Base", "Store", "UTCDateTime", "default_database_url"]
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every table."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and read back timezone-aware, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def default_database_url(data_dir: Path) -> str:
+    """SQLite in the data dir."""
+    return f"sqlite+aiosqlite:///{(data_dir / 'sluicegate.db').as_posix()}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+class Store:
+    """A database, opened at start-up and closed at shutdown.
+
+    Args:
+        url: a SQLAlchemy async URL.
+    """
+
+    name = "store"
+
+    def __init__(self, url: str) -> None:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ConfigurationError(
+                "SLUICEGATE_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine (after :meth:`open`)."""
+        if self._engine is None:
+            raise RuntimeError("the store is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        """Connect and create missing tables.
+
+        Raises:
+            ConfigurationError: the database cannot be reached or created.
+        """
+        if self.url.startswith("sqlite"):
+            path = self.url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(self.url, pool_pre_ping=True)
+        if self.url.startswith("sqlite"):
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(Base.metadata.create_all)
+        except (OSError, SQLAlchemyError) as exc:
+            await engine.dispose()
+            raise ConfigurationError(f"SLUICEGATE_DATABASE_URL: cannot open the database ({exc})") from None
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def close(self) -> None:
+        """Release every connection."""
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def check(self) -> None:
+        """Run ``SELECT 1``."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on success and rolled back on error.
+
+        Raises:
+            APIError: ``already_exists`` (409) when a unique constraint refuses a row,
+                ``unavailable`` (503) when the database fails.
+        """
+        if self._sessions is None:
+            raise RuntimeError("the store is not open")
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            raise APIError.already_exists("It already exists") from exc
+        except SQLAlchemyError as exc:
+            raise APIError.unavailable(f"The database is unavailable: {type(exc).__name__}") from exc
