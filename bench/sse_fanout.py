@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -47,47 +48,59 @@ def _paths(impl: str) -> tuple[str, str]:
     return f"/bench/{impl}", f"/bench/{impl}/publish"
 
 
-class Subscriber:
-    def __init__(self) -> None:
+class Subscriber(asyncio.Protocol):
+    """One SSE connection, as a bare protocol: no coroutine switch per read, so that one
+    client process can follow a server at hundreds of thousands of deliveries per second."""
+
+    def __init__(self, path: str, host: str, want: int) -> None:
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nX-API-Key: {KEY}\r\n\r\n"
+        self.want = want
         self.deliveries = 0
         self.samples: list[float] = []
         self.first = 0.0
         self.last = 0.0
         self._tail = b""
+        self._head = True
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
 
-    async def run(self, host: str, port: int, path: str, ready: asyncio.Event, want: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nX-API-Key: {KEY}\r\n\r\n"
-        writer.write(request.encode())
-        ready.set()
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert b" 200 " in head.split(b"\r\n", 1)[0], head
-            while self.deliveries < want:
-                chunk = await reader.read(262144)
-                if not chunk:
-                    return
-                now = time.time_ns()
-                # Every message holds '"seq":' once; a 5-byte tail cannot hold a whole one,
-                # so counting over tail + chunk counts each exactly once, however it is split.
-                joined = self._tail + chunk
-                n = joined.count(b'"seq":')
-                self._tail = joined[-5:]
-                if n:
-                    if not self.deliveries:
-                        self.first = time.perf_counter()
-                    self.deliveries += n
-                    self.last = time.perf_counter()
-                    match = _T.search(chunk)
-                    if match:
-                        self.samples.append((now - int(match.group(1))) / 1e6)
-        finally:
-            writer.close()
+    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport
+        self.transport = transport
+        transport.write(self.request.encode())
+
+    def data_received(self, chunk: bytes) -> None:
+        now = time.time_ns()
+        if self._head:
+            head, sep, chunk = chunk.partition(b"\r\n\r\n")
+            assert sep and b" 200 " in head.split(b"\r\n", 1)[0], head
+            self._head = False
+        # Every message holds '"seq":' once; a 5-byte tail cannot hold a whole one, so
+        # counting over tail + chunk counts each exactly once, however the bytes are split.
+        joined = self._tail + chunk
+        n = joined.count(b'"seq":')
+        self._tail = joined[-5:]
+        if n:
+            if not self.deliveries:
+                self.first = time.perf_counter()
+            self.deliveries += n
+            self.last = time.perf_counter()
+            match = _T.search(chunk)
+            if match:
+                self.samples.append((now - int(match.group(1))) / 1e6)
+            if self.deliveries >= self.want and not self.done.done():
+                self.done.set_result(None)
+                assert self.transport is not None
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 async def _publish(
-    host: str, port: int, path: str, subs: list[Subscriber], messages: int, size: int, window: int
+    host: str, port: int, path: str, subs: list[Subscriber], messages: int, size: int, window: int, rate: float | None
 ) -> None:
+    """Publish ``messages``: as fast as the slowest subscriber allows (``window``), or at ``rate`` per second."""
     pad = "x" * max(0, size - 60)
     async with connect(f"ws://{host}:{port}{path}", additional_headers={"X-API-Key": KEY}, max_queue=None) as ws:
 
@@ -97,7 +110,10 @@ async def _publish(
 
         draining = asyncio.create_task(discard())
         slowest = 0
+        started = time.perf_counter()
         for seq in range(messages):
+            if rate is not None:
+                await asyncio.sleep(max(0.0, started + seq / rate - time.perf_counter()))
             while seq - slowest >= window:
                 await asyncio.sleep(0.0002)
                 slowest = min(s.deliveries for s in subs)
@@ -105,28 +121,30 @@ async def _publish(
         draining.cancel()
 
 
-async def measure(host: str, port: int, impl: str, n: int, messages: int, size: int, window: int) -> dict[str, object]:
+async def measure(
+    host: str, port: int, impl: str, n: int, messages: int, size: int, window: int, rate: float | None = None
+) -> dict[str, object]:
     events_path, publish_path = _paths(impl)
-    subs = [Subscriber() for _ in range(n)]
-    readies = [asyncio.Event() for _ in range(n)]
-    tasks = [
-        asyncio.create_task(s.run(host, port, events_path, r, messages)) for s, r in zip(subs, readies, strict=True)
-    ]
-    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    loop = asyncio.get_running_loop()
+    subs = [Subscriber(events_path, host, messages) for _ in range(n)]
+    for sub in subs:
+        await loop.create_connection(lambda sub=sub: sub, host, port)  # type: ignore[misc]
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=60) as client:
         while (await client.get("/bench/subscribers", params={"impl": impl})).json()["subscribers"] < n:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    publisher = asyncio.create_task(_publish(host, port, publish_path, subs, messages, size, window))
-    _, pending = await asyncio.wait(tasks, timeout=300)
-    for task in pending:
-        task.cancel()
+    publisher = asyncio.create_task(_publish(host, port, publish_path, subs, messages, size, window, rate))
+    await asyncio.wait([s.done for s in subs], timeout=300)
     publisher.cancel()
+    for sub in subs:
+        if sub.transport is not None:
+            sub.transport.close()
     deliveries = sum(s.deliveries for s in subs)
     seconds = max(s.last for s in subs) - min(s.first for s in subs if s.first)
     samples = sorted(x for s in subs for x in s.samples)
     return {
         "impl": impl,
         "subscribers": n,
+        "mode": "max" if rate is None else f"{round(rate * n)} deliveries/s offered",
         "messages": messages,
         "deliveries": deliveries,
         "lost": n * messages - deliveries,
@@ -148,6 +166,10 @@ def _run(data_dir: Path, args: argparse.Namespace, cpus: list[int]) -> list[dict
             for n in (int(x) for x in args.subscribers.split(",")):
                 messages = max(1, args.deliveries // n)
                 results.append(uvloop.run(measure(server.host, server.port, impl, n, messages, args.size, args.window)))
+                if args.latency_rate:  # latency at a fixed, moderate load
+                    rate = args.latency_rate / n
+                    count = max(50, int(rate * args.latency_seconds))
+                    results.append(uvloop.run(measure(server.host, server.port, impl, n, count, args.size, 1000, rate)))
         return results
     finally:
         server.stop()
@@ -160,6 +182,10 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=500_000, help="target deliveries per measurement")
     parser.add_argument("--size", type=int, default=100, help="approximate message size in bytes")
     parser.add_argument("--window", type=int, default=20, help="messages the publisher may run ahead of the slowest")
+    parser.add_argument(
+        "--latency-rate", type=float, default=50_000, help="deliveries/s offered in the latency run (0 skips it)"
+    )
+    parser.add_argument("--latency-seconds", type=float, default=3.0, help="length of the latency run")
     args = parser.parse_args()
 
     cpus = sorted(os.sched_getaffinity(0))

@@ -4,6 +4,7 @@ every router, and opens and closes everything in the app's lifespan."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -220,6 +221,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened: list[Engine] = []
+        thresholds = gc.get_threshold()
+        if settings.gc_gen0_threshold:
+            gc.set_threshold(settings.gc_gen0_threshold, *thresholds[1:])
         try:
             for engine in engines:
                 await engine.open()
@@ -232,6 +236,7 @@ def create_app(
                 except Exception:
                     log.exception("closing engine %s failed", engine.name)
             metrics.worker_exited()
+            gc.set_threshold(*thresholds)
 
     app = SluicegateApp(
         title="Sluicegate",
