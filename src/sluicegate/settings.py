@@ -72,6 +72,24 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data dir>/sluicegate.db."
     )
+    object_store_url: str | None = Field(
+        None,
+        description="Archives: file://<folder> (default <data dir>/objects) or s3://bucket?endpoint=...&region=...",
+    )
+    ax_parser_secret: SecretStr | None = Field(
+        None, description="The `secret` race data posts must carry; when unset, every post is refused."
+    )
+    race_idle_seconds: float = Field(30.0, gt=0, description="Seconds without data after which a session is archived.")
+    race_zstd_level: int = Field(3, ge=1, le=22, description="zstd level of race archives.")
+    race_fsync: bool = Field(
+        True, description="fsync the spool before acknowledging (off: survives a crash, not power loss)."
+    )
+    race_max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest race data post (413 above).")
+    race_retry_initial_seconds: float = Field(1.0, gt=0, description="First wait after a failed archive upload.")
+    race_retry_max_seconds: float = Field(60.0, gt=0, description="Longest wait between archive upload attempts.")
+    race_close_wait_seconds: float = Field(
+        10.0, ge=0, description="How long closing a session waits for its archive before answering 202."
+    )
     channel_history_size: int = Field(1000, ge=1, description="Messages a channel retains for resume and history.")
     channel_history_seconds: float = Field(3600.0, gt=0, description="Age after which retained messages expire.")
     channel_max_message_bytes: int = Field(65536, ge=16, description="Largest message published to a channel.")

@@ -293,7 +293,7 @@ def test_garbage_token_is_malformed(tokens: TokenService, garbage: str) -> None:
 
 
 def test_unsigned_token_is_refused(tokens: TokenService) -> None:
-    unsigned = jwt.encode(_claims(scopes=["admin"]), None, algorithm="none")
+    unsigned = jwt.encode(_claims(scopes=["admin"]), None, algorithm="none")  # type: ignore[arg-type]
     assert _unauthenticated(tokens.verify, unsigned).message == "Unauthorized: token is malformed."
 
 

@@ -98,6 +98,23 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.race_points = Counter(
+            "race_points_accepted", "Race data points acknowledged (durable).", namespace=ns, registry=reg
+        )
+        self.race_spooled_points = Gauge(
+            "race_spooled_points",
+            "Race data points spooled, not archived yet.",
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.race_archives = Counter("race_archives", "Race archives uploaded.", namespace=ns, registry=reg)
+        self.race_archive_bytes = Counter(
+            "race_archive_bytes", "Compressed bytes of race archives uploaded.", namespace=ns, registry=reg
+        )
+        self.race_archive_failures = Counter(
+            "race_archive_failures", "Failed race archive attempts (retried).", namespace=ns, registry=reg
+        )
         # The fifth seed's series (generation streams).
         self.chunks_sent = Counter("stream_chunks_sent", "Generated chunks sent.", namespace=ns, registry=reg)
         self.sessions_completed = Counter(
