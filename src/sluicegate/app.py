@@ -30,6 +30,7 @@ from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, Toke
 from sluicegate.security.ratelimit import RateLimiter
 from sluicegate.services.challenges import ChallengeService
 from sluicegate.services.channels import ChannelService
+from sluicegate.services.ingest import IngestConfig, IngestRoutes, IngestService
 from sluicegate.services.races import RaceConfig, RaceRoutes, RaceService
 from sluicegate.settings import Settings
 from sluicegate.streaming.config import StreamConfig
@@ -264,8 +265,23 @@ def create_app(
         clock=clock,
         metrics=metrics,
     )
+    ingest = IngestService(
+        store,
+        objects,
+        broker,
+        clock,
+        IngestConfig(
+            spool_dir=settings.data_dir / "ingest" / "spool",
+            max_batch_size=settings.ingest_max_batch_size,
+            max_body_bytes=settings.ingest_max_body_bytes,
+            fsync=settings.ingest_fsync,
+            session_ttl_seconds=settings.ingest_session_ttl_seconds,
+            max_queued_records=settings.ingest_max_queued_records,
+        ),
+    )
+    ingest_routes = IngestRoutes(ingest)
     # Opened in this order, closed in reverse: services after the engines they use.
-    engines: list[Engine] = [store, broker, objects, races]
+    engines: list[Engine] = [store, broker, objects, races, ingest]
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
     tokens = TokenService(secret, clock=clock)
     gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
@@ -321,6 +337,7 @@ def create_app(
     app.state.broker = broker
     app.state.objects = objects
     app.state.races = races
+    app.state.ingest = ingest
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
@@ -332,10 +349,13 @@ def create_app(
     app.include_router(channels.router)
     app.include_router(challenges.router)
     app.include_router(race_routes.router)
+    app.include_router(ingest_routes.router)
     app.add_hot_route(race_routes.ingest)
     for router in routers:
         app.include_router(router)
-    endpoints = _mount_streams(app, [channels.streams, challenges.streams, *streams], stream_config)
+    endpoints = _mount_streams(
+        app, [channels.streams, challenges.streams, ingest_routes.streams, *streams], stream_config
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -75,6 +75,7 @@ class ErrCode(enum.StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
     SLOW_CONSUMER = "slow_consumer"
 
     @property
@@ -108,6 +109,7 @@ _HTTP_STATUS: dict[ErrCode, int] = {
     ErrCode.UNAUTHENTICATED: 401,
     ErrCode.PAYLOAD_TOO_LARGE: 413,
     ErrCode.METHOD_NOT_ALLOWED: 405,
+    ErrCode.CONFLICT: 409,
     ErrCode.SLOW_CONSUMER: 429,
 }
 

@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     race_close_wait_seconds: float = Field(
         10.0, ge=0, description="How long closing a session waits for its archive before answering 202."
     )
+    ingest_max_batch_size: int = Field(
+        10_000, ge=1, description="Most records, frames or buffers in one upload (413 above)."
+    )
+    ingest_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest upload body (413 above).")
+    ingest_fsync: bool = Field(True, description="fsync uploads before acknowledging them.")
+    ingest_session_ttl_seconds: float = Field(
+        86_400.0, gt=0, description="Idle time after which an ingestion session is cancelled (the seed: 24 hours)."
+    )
+    ingest_max_queued_records: int = Field(
+        2_000_000, ge=1, description="Records a session may have waiting for processing before uploads get a 503."
+    )
     channel_history_size: int = Field(1000, ge=1, description="Messages a channel retains for resume and history.")
     channel_history_seconds: float = Field(3600.0, gt=0, description="Age after which retained messages expire.")
     channel_max_message_bytes: int = Field(65536, ge=16, description="Largest message published to a channel.")

@@ -18,13 +18,13 @@ from obstore.store import LocalStore
 
 from sluicegate.clock import ManualClock
 from sluicegate.engines.objects import ObjectStore, ObjectStoreUnavailable, object_store_from_url
+from sluicegate.engines.spool import ACTIVE
 from sluicegate.engines.store import Store
 from sluicegate.errors import APIError, ErrCode
 from sluicegate.observability.metrics import Metrics
 from sluicegate.security.identity import Identity
 from sluicegate.services.races.models import SessionIn, SessionState
 from sluicegate.services.races.service import RaceConfig, RaceService, point_line
-from sluicegate.services.races.spool import ACTIVE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sluicegate.services.races.spool import ACTIVE, SessionSpool, SpoolError
+from sluicegate.engines.spool import ACTIVE, SessionSpool, SpoolError
 
 if TYPE_CHECKING:
     from pathlib import Path

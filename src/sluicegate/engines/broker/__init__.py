@@ -168,8 +168,9 @@ class Broker(Protocol):
         """
         ...
 
-    async def subscribe(self, channel: str, *, after: str | None = None) -> Subscription:
-        """Subscribe to a channel, with the retained messages after ``after`` as backlog.
+    async def subscribe(self, channel: str, *, after: str | None = None, from_start: bool = False) -> Subscription:
+        """Subscribe to a channel, with the retained messages after ``after`` as backlog
+        (every retained message with ``from_start``; none when neither is given).
 
         Raises:
             APIError: ``invalid_argument`` for a position this broker cannot have issued.

@@ -200,9 +200,9 @@ class MemoryBroker:
         start = max(0, seq + 1 - oldest)
         return [log[i] for i in range(start, len(log))], gap
 
-    async def subscribe(self, channel: str, *, after: str | None = None) -> _Subscription:
+    async def subscribe(self, channel: str, *, after: str | None = None, from_start: bool = False) -> _Subscription:
         ch = self._channel(channel)
-        backlog, gap = self._after(ch, after) if after is not None else ([], None)
+        backlog, gap = self._after(ch, after) if after is not None or from_start else ([], None)
         subscription = _Subscription(ch, backlog, gap, self._pending_limit)
         ch.subscriptions[subscription] = None
         return subscription

@@ -31,10 +31,10 @@ import orjson
 import zstandard
 from sqlalchemy import select
 
+from sluicegate.engines.spool import SessionSpool, SpoolError
 from sluicegate.errors import APIError
 from sluicegate.security.tenancy import owned_by
 from sluicegate.services.races.models import RaceSessionRow, SessionIn, SessionOut, SessionState
-from sluicegate.services.races.spool import SessionSpool, SpoolError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -1,16 +1,16 @@
-"""The durable spool of a race session: an append-only file, written with group commits.
+"""A durable spool: an append-only file of lines in a folder, written with group commits.
 
-Layout, per session, under ``<data dir>/races/spool/<session id>/``:
+Acknowledge only what is durable: race points and ingestion records are appended here
+before the client hears "yes". Layout, per spool folder:
 
-- ``active.jsonl``: where accepted points are appended, one JSON line each;
-- ``<seq>.pending.jsonl``: a closed batch waiting to be archived as
-  ``races/<stream>/<session>/<seq>.jsonl.zst``; it is deleted only once the archive is
-  recorded.
+- ``active.jsonl``: where lines are appended;
+- ``<seq>.pending.jsonl``: a closed batch (see :meth:`SessionSpool.rotate`), waiting for
+  whoever archives it; deleted only once the archive is recorded.
 
-:meth:`SessionSpool.append` returns only when the point's line is written (and, with
+:meth:`SessionSpool.append` returns only when its lines are written (and, with
 ``fsync`` on, forced to disk). Concurrent appends wait for the same write: while one
 batch is being written in a worker thread, the next accumulates, so one ``write`` and
-one ``fsync`` cover every point that arrived meanwhile (a group commit).
+one ``fsync`` cover everything that arrived meanwhile (a group commit).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class SessionSpool:
         #: Points and bytes of each pending file, by sequence.
         self.pending: dict[int, tuple[int, int]] = {}
         self._batch: list[bytes] = []
+        self._counts: list[int] = []
         self._waiters: list[asyncio.Future[int]] = []
         self._committer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -92,17 +93,18 @@ class SessionSpool:
         """Where batch ``seq`` waits to be archived."""
         return self.directory / f"{seq:06d}.pending.jsonl"
 
-    async def append(self, line: bytes) -> int:
-        """Make one point (a JSON line ending in ``\\n``) durable.
+    async def append(self, line: bytes, count: int = 1) -> int:
+        """Make lines durable: one (a JSON line ending in ``\\n``), or ``count`` of them joined.
 
         Returns:
-            The session's number of acknowledged points, this one included.
+            The number of lines acknowledged so far, these included.
 
         Raises:
-            SpoolError: the point could not be written.
+            SpoolError: the lines could not be written.
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._batch.append(line)
+        self._counts.append(count)
         self._waiters.append(future)
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit())
@@ -121,8 +123,8 @@ class SessionSpool:
     async def _commit(self) -> None:
         try:
             while self._batch:
-                batch, waiters = self._batch, self._waiters
-                self._batch, self._waiters = [], []
+                batch, counts, waiters = self._batch, self._counts, self._waiters
+                self._batch, self._counts, self._waiters = [], [], []
                 data = b"".join(batch)
                 try:
                     async with self._lock:
@@ -139,13 +141,15 @@ class SessionSpool:
                         if not waiter.done():
                             waiter.set_exception(error)
                     continue
-                base = self.total
-                self.total += len(batch)
-                self.active_points += len(batch)
+                lines = sum(counts)
+                done = self.total
+                self.total += lines
+                self.active_points += lines
                 self.active_bytes += len(data)
-                for i, waiter in enumerate(waiters, 1):
+                for count, waiter in zip(counts, waiters, strict=True):
+                    done += count
                     if not waiter.done():
-                        waiter.set_result(base + i)
+                        waiter.set_result(done)
         finally:
             self._committer = None
 
@@ -203,6 +207,21 @@ class SessionSpool:
         points, size = self.pending.pop(seq)
         self.pending_path(seq).unlink(missing_ok=True)
         return points, size
+
+    def read_active(self) -> bytes:
+        """What the active file holds (blocking: call it in a thread)."""
+        path = self.directory / ACTIVE
+        return path.read_bytes()[: self.active_bytes] if path.exists() else b""
+
+    async def reset_active(self) -> None:
+        """Empty the active file, once everything in it is safe elsewhere."""
+        async with self._lock:
+            await asyncio.to_thread(self._reset_active)
+            self.active_points = self.active_bytes = 0
+
+    def _reset_active(self) -> None:
+        self.close()
+        (self.directory / ACTIVE).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Release the open file (the spool stays on disk)."""

@@ -1,0 +1,990 @@
+"""Ingestion sessions and their jobs: durable uploads, batching, atomization, storage, events.
+
+The life of a record:
+
+1. **upload**: decoded (msgspec), checked (timestamps, the session's schema, frames'
+   and buffers' base64 and format), re-serialised canonically, and appended to the
+   session's spool (:mod:`sluicegate.engines.spool`, group commits with ``fdatasync``)
+   before the upload is answered: a 2xx survives ``kill -9``.
+2. **batching**: records queue in order and are cut into batches of ``batchSize``, or
+   after ``maxBatchDelayMs`` when fewer arrived; up to ``maxConcurrentBatches`` are
+   processed at once.
+3. **atomization**: each record is an atom named by the SHA-256 of its canonical bytes.
+4. **indexing and storage**: a batch is one zstd segment of JSON Lines in the object
+   store (``ingest/t<tenant>/<session>/<seq>.jsonl.zst``, with ``<seq>.atoms``, the raw
+   32-byte digests in order) and one database row holding its place, count and time
+   range. No row per record.
+5. **completion**: when the session has ended and every batch is stored, the job's
+   ``finalHash`` is computed and the session completes.
+
+Canonical bytes of a record: compact JSON, object keys sorted, UTF-8 (msgspec's
+``order="sorted"``). ``finalHash`` = SHA-256 of the concatenated 32-byte SHA-256 digests
+of every atom, in the order records were acknowledged. A client can recompute it from
+what it sent.
+
+A failing batch (object store or database down) is retried ``maxRetries`` times, the
+k-th retry after ``retryDelayMs * retryBackoffMultiplier ** (k - 1)``; then it goes to
+the dead-letter queue, still in the spool, until retried by hand.
+
+Restart: sessions not finished are reloaded; records of the spool not covered by a
+stored batch are batched again. A batch stored before the crash is skipped, so every
+acknowledged record is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import orjson
+import zstandard
+from sqlalchemy import select
+
+from sluicegate.engines.spool import SessionSpool, SpoolError
+from sluicegate.errors import APIError, ErrCode
+from sluicegate.services.ingest.models import (
+    FINAL_STATES,
+    TRANSITIONS,
+    BatchRow,
+    BatchState,
+    IngestSessionRow,
+    SchemaRow,
+    SessionState,
+    SessionType,
+    StartRequest,
+)
+from sluicegate.services.ingest.validation import (
+    AUDIO_FORMATS,
+    IMAGE_FORMATS,
+    Schema,
+    check_media,
+    check_records,
+    parse_schema,
+    timestamp_ms,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from pathlib import Path
+
+    from sluicegate.clock import Clock
+    from sluicegate.engines.broker import Broker
+    from sluicegate.engines.objects import ObjectStore
+    from sluicegate.engines.store import Store
+    from sluicegate.security.identity import Identity
+
+__all__ = ["IngestConfig", "IngestService", "LiveSession"]
+
+log = logging.getLogger("sluicegate.ingest")
+
+_ENCODER = msgspec.json.Encoder(order="sorted")
+_DECODER = msgspec.json.Decoder()
+_ITEMS = {SessionType.TELEMETRY: "records", SessionType.VIDEO: "frames", SessionType.AUDIO: "buffers"}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """Options of the ingestion service (from settings)."""
+
+    spool_dir: Path
+    max_batch_size: int = 10_000
+    max_body_bytes: int = 64 * 1024 * 1024
+    fsync: bool = True
+    session_ttl_seconds: float = 86_400.0
+    max_queued_records: int = 2_000_000
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 with a ``Z``, as the seed writes times."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(eq=False)
+class Batch:
+    seq: int
+    batch_id: str
+    first_index: int
+    lines: list[bytes]
+    times: list[int]
+    state: BatchState = BatchState.QUEUED
+    attempts: int = 0
+    last_error: str | None = None
+    failed_at: datetime | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """A session that is not finished, as this process holds it."""
+
+    id: str
+    job_id: str
+    tenant: int
+    session_type: SessionType
+    session_name: str
+    metadata: dict[str, Any]
+    config: dict[str, Any]
+    state: SessionState
+    created_at: datetime
+    last_activity_at: datetime
+    spool: SessionSpool
+    spool_base: int
+    schema: Schema | None = None
+    ended_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: dict[str, Any] | None = None
+    final_hash: str | None = None
+    uploads_received: int = 0
+    bytes_received: int = 0
+    batches_cut: int = 0
+    batches_processed: int = 0
+    atoms_created: int = 0
+    processing_ms_total: float = 0.0
+    next_index: int = 0  # index of the next record to join the queue
+    next_seq: int = 1
+    open_lines: list[bytes] = field(default_factory=list)
+    open_times: list[int] = field(default_factory=list)
+    batches: dict[int, Batch] = field(default_factory=dict)  # not processed yet (queued ... dead)
+    parked: dict[int, tuple[list[bytes], list[int]]] = field(default_factory=dict)
+    delay_timer: asyncio.Task[None] | None = None
+    semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(5))
+    finishing: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def channel(self) -> str:
+        return f"ingest/t{self.tenant}/{self.id}"
+
+    @property
+    def records_received(self) -> int:
+        return self.spool.total
+
+    @property
+    def records_queued(self) -> int:
+        return self.records_received - self.atoms_created
+
+    def batch_id(self, seq: int) -> str:
+        return f"batch-{seq:03d}-{self.id[-6:]}"
+
+    def key(self, seq: int) -> str:
+        return f"ingest/t{self.tenant}/{self.id}/{seq:06d}"
+
+
+def _atomize(lines: list[bytes], level: int) -> tuple[bytes, str, bytes]:
+    """Digests of each atom (32 bytes each, in order), their batch digest, and the zstd segment."""
+    sha = hashlib.sha256
+    digests = b"".join([sha(line).digest() for line in lines])
+    segment = zstandard.ZstdCompressor(level=level).compress(b"\n".join(lines) + b"\n")
+    return digests, sha(digests).hexdigest(), segment
+
+
+class IngestService:
+    """The ``/api/streaming`` sessions over the store, the object store, the broker and a spool."""
+
+    name = "ingest"
+
+    def __init__(self, store: Store, objects: ObjectStore, broker: Broker, clock: Clock, config: IngestConfig) -> None:
+        self.store = store
+        self.objects = objects
+        self.broker = broker
+        self.clock = clock
+        self.config = config
+        self.live: dict[str, LiveSession] = {}
+        self.by_job: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- life --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Reload unfinished sessions and re-batch what their spools hold."""
+        async with self.store.session() as db:
+            rows = (
+                await db.scalars(
+                    select(IngestSessionRow).where(IngestSessionRow.state.not_in([s.value for s in FINAL_STATES]))
+                )
+            ).all()
+        for row in rows:
+            await self._recover(row)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def close(self) -> None:
+        tasks = [*self._tasks]
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+        for session in self.live.values():
+            tasks.extend(b.task for b in session.batches.values() if b.task is not None)
+            if session.delay_timer is not None:
+                tasks.append(session.delay_timer)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for session in self.live.values():
+            session.spool.close()
+
+    async def check(self) -> None:
+        return None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _sweep(self) -> None:
+        """Cancel sessions idle for longer than the TTL (the seed: 24 hours)."""
+        while True:
+            await self.clock.sleep(min(60.0, self.config.session_ttl_seconds / 4))
+            now = self.clock.now()
+            for session in list(self.live.values()):
+                idle = (now - session.last_activity_at).total_seconds()
+                if idle > self.config.session_ttl_seconds and session.state in (
+                    SessionState.INITIALIZING,
+                    SessionState.ACTIVE,
+                    SessionState.PAUSED,
+                ):
+                    error = {"code": "SESSION_EXPIRED", "message": "No activity for too long", "failedAt": iso(now)}
+                    await self._cancel(session, error=error)
+
+    # -- events ------------------------------------------------------------------------
+
+    async def _emit(self, session: LiveSession, event: str, **fields: Any) -> None:
+        fields["timestamp"] = iso(self.clock.now())
+        await self.broker.publish(session.channel, orjson.dumps({"type": event, **fields}))
+
+    # -- sessions ----------------------------------------------------------------------
+
+    async def start(self, identity: Identity, body: StartRequest) -> LiveSession:
+        """Create a session and its job.
+
+        Raises:
+            APIError: 403 for a ``tenantId`` other than the token's; 404 for an unknown
+                ``schemaName``; 400 for a schema on a non-telemetry session.
+        """
+        if body.tenantId is not None and body.tenantId != identity.tenant:
+            raise APIError.permission_denied("tenantId does not match the token's tenant")
+        schema = None
+        if body.schemaName is not None:
+            if body.sessionType != SessionType.TELEMETRY:
+                raise APIError.invalid_argument("Schemas apply to telemetry sessions only")
+            schema = await self.get_schema(identity, body.schemaName)
+        now = self.clock.now()
+        session_id = f"stream-session-{secrets.token_hex(8)}"
+        config = body.model_dump(exclude={"sessionType", "sessionName", "metadata", "tenantId"})
+        row = IngestSessionRow(
+            id=session_id,
+            job_id=f"job-{secrets.token_hex(8)}",
+            tenant=identity.tenant,
+            session_type=body.sessionType.value,
+            session_name=body.sessionName or f"{body.sessionType.value} session {iso(now)}",
+            metadata_=body.metadata,
+            config=config,
+            state=SessionState.INITIALIZING.value,
+            created_at=now,
+            last_activity_at=now,
+            records_received=0,
+            uploads_received=0,
+            bytes_received=0,
+            spool_base=0,
+        )
+        async with self.store.session() as db:
+            db.add(row)
+        session = self._live_from_row(row, schema)
+        await asyncio.to_thread(session.spool.recover)
+        self.live[session.id] = session
+        self.by_job[session.job_id] = session.id
+        await self._transition(session, SessionState.ACTIVE)
+        await self._emit(session, "session-started", sessionId=session.id)
+        return session
+
+    def _live_from_row(self, row: IngestSessionRow, schema: Schema | None) -> LiveSession:
+        spool = SessionSpool(self.config.spool_dir / row.id, fsync=self.config.fsync, total=row.spool_base)
+        session = LiveSession(
+            id=row.id,
+            job_id=row.job_id,
+            tenant=row.tenant,
+            session_type=SessionType(row.session_type),
+            session_name=row.session_name,
+            metadata=row.metadata_,
+            config=row.config,
+            state=SessionState(row.state),
+            created_at=row.created_at,
+            last_activity_at=row.last_activity_at,
+            spool=spool,
+            spool_base=row.spool_base,
+            schema=schema,
+            ended_at=row.ended_at,
+            finished_at=row.finished_at,
+            error=row.error,
+            uploads_received=row.uploads_received,
+            bytes_received=row.bytes_received,
+            next_index=row.spool_base,
+        )
+        session.semaphore = asyncio.Semaphore(int(row.config.get("maxConcurrentBatches", 5)))
+        return session
+
+    async def _recover(self, row: IngestSessionRow) -> None:
+        schema = None
+        if row.config.get("schemaName"):
+            async with self.store.session() as db:
+                found = await db.scalar(
+                    select(SchemaRow).where(SchemaRow.tenant == row.tenant, SchemaRow.name == row.config["schemaName"])
+                )
+            schema = parse_schema(found.definition) if found is not None else None
+        session = self._live_from_row(row, schema)
+        spool = session.spool
+        await asyncio.to_thread(spool.recover)
+        lines = (await asyncio.to_thread(spool.read_active)).splitlines()
+        async with self.store.session() as db:
+            batch_rows = (await db.scalars(select(BatchRow).where(BatchRow.session_id == row.id))).all()
+        stored = [b for b in batch_rows if b.state == BatchState.PROCESSED]
+        session.batches_cut = len(batch_rows)
+        session.batches_processed = len(stored)
+        session.atoms_created = sum(b.record_count for b in stored)
+        session.processing_ms_total = sum(b.processing_ms or 0.0 for b in stored)
+        session.next_seq = max((b.seq for b in batch_rows), default=0) + 1
+        covered_to = session.spool_base
+        base = session.spool_base
+        for batch_row in sorted(batch_rows, key=lambda b: b.first_index):
+            end = batch_row.first_index + batch_row.record_count
+            covered_to = max(covered_to, end)
+            if batch_row.state == BatchState.PROCESSED:
+                continue
+            chunk = lines[batch_row.first_index - base : end - base]
+            batch = Batch(
+                seq=batch_row.seq,
+                batch_id=batch_row.batch_id,
+                first_index=batch_row.first_index,
+                lines=chunk,
+                times=[_line_time(line) for line in chunk],
+                attempts=batch_row.attempts,
+                last_error=batch_row.last_error,
+                state=BatchState.DEAD if batch_row.state == BatchState.DEAD else BatchState.QUEUED,
+            )
+            session.batches[batch.seq] = batch
+        rest = lines[covered_to - base :]
+        session.next_index = covered_to + len(rest)
+        session.open_lines = rest
+        session.open_times = [_line_time(line) for line in rest]
+        self.live[session.id] = session
+        self.by_job[session.job_id] = session.id
+        if rest:
+            log.info("recovering %d unbatched records of ingestion session %s", len(rest), session.id)
+            self._cut(session, force=True)
+        for batch in session.batches.values():
+            if batch.state == BatchState.QUEUED:
+                self._start_batch(session, batch)
+        if session.state == SessionState.COMPLETING:
+            self._spawn(self._maybe_finish(session))
+
+    async def find(self, identity: Identity, session_id: str) -> LiveSession | IngestSessionRow:
+        """A session of the caller's tenant, live or finished.
+
+        Raises:
+            APIError: 404 with the seed's "Session not found" body.
+        """
+        session = self.live.get(session_id)
+        if session is not None and session.tenant == identity.tenant:
+            return session
+        async with self.store.session() as db:
+            row = await db.get(IngestSessionRow, session_id)
+        if row is None or row.tenant != identity.tenant:
+            raise session_not_found(session_id)
+        return row
+
+    async def find_job(self, identity: Identity, job_id: str) -> LiveSession | IngestSessionRow:
+        """The session of a job.
+
+        Raises:
+            APIError: 404.
+        """
+        session_id = self.by_job.get(job_id)
+        if session_id is None:
+            async with self.store.session() as db:
+                row = await db.scalar(select(IngestSessionRow).where(IngestSessionRow.job_id == job_id))
+            if row is None or row.tenant != identity.tenant:
+                raise APIError.not_found("Job not found", jobId=job_id)
+            session_id = row.id
+        try:
+            return await self.find(identity, session_id)
+        except APIError:
+            raise APIError.not_found("Job not found", jobId=job_id) from None
+
+    async def live_session(self, identity: Identity, session_id: str) -> LiveSession:
+        """A session that is not finished.
+
+        Raises:
+            APIError: 404 (unknown, another tenant's), 409 (finished).
+        """
+        found = await self.find(identity, session_id)
+        if isinstance(found, IngestSessionRow):
+            raise state_conflict(found.id, SessionState(found.state), "The session is finished")
+        return found
+
+    async def _transition(self, session: LiveSession, to: SessionState, **changes: Any) -> None:
+        if to not in TRANSITIONS[session.state]:
+            raise state_conflict(session.id, session.state, f"Cannot go from {session.state} to {to}")
+        session.state = to
+        session.last_activity_at = self.clock.now()
+        for name, value in changes.items():
+            setattr(session, name, value)
+        await self._save(session)
+
+    async def _save(self, session: LiveSession) -> None:
+        async with self.store.session() as db:
+            row = await db.get(IngestSessionRow, session.id)
+            if row is None:  # pragma: no cover - rows are never deleted
+                return
+            row.state = session.state.value
+            row.last_activity_at = session.last_activity_at
+            row.ended_at = session.ended_at
+            row.finished_at = session.finished_at
+            row.error = session.error
+            row.final_hash = session.final_hash
+            row.records_received = session.records_received
+            row.uploads_received = session.uploads_received
+            row.bytes_received = session.bytes_received
+            row.spool_base = session.spool_base
+
+    async def pause(self, identity: Identity, session_id: str) -> LiveSession:
+        session = await self.live_session(identity, session_id)
+        await self._transition(session, SessionState.PAUSED)
+        await self._emit(session, "session-paused", sessionId=session.id)
+        return session
+
+    async def resume(self, identity: Identity, session_id: str) -> LiveSession:
+        session = await self.live_session(identity, session_id)
+        await self._transition(session, SessionState.ACTIVE)
+        await self._emit(session, "session-resumed", sessionId=session.id)
+        return session
+
+    async def end(
+        self, identity: Identity, session_id: str, *, wait: bool, timeout_ms: int
+    ) -> LiveSession | IngestSessionRow:
+        """Stop taking data, process what is queued, complete (optionally waiting for it)."""
+        found = await self.find(identity, session_id)
+        if isinstance(found, IngestSessionRow):
+            return found  # ending a finished session is a no-op that reports it
+        session = found
+        if session.state not in (SessionState.COMPLETING,):
+            await self._transition(session, SessionState.COMPLETING, ended_at=self.clock.now())
+            self._cut(session, force=True)
+            self._spawn(self._maybe_finish(session))
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_ms / 1000):
+                    await session.finished.wait()
+        return session
+
+    async def cancel(self, identity: Identity, job_id: str) -> LiveSession | IngestSessionRow:
+        """Cancel a session's job; what was stored stays, the rest is dropped."""
+        found = await self.find_job(identity, job_id)
+        if isinstance(found, IngestSessionRow):
+            if found.state == SessionState.CANCELLED:
+                return found
+            raise state_conflict(found.id, SessionState(found.state), "The job is finished")
+        await self._cancel(found)
+        return found
+
+    async def _cancel(self, session: LiveSession, error: dict[str, Any] | None = None) -> None:
+        for batch in session.batches.values():
+            if batch.task is not None:
+                batch.task.cancel()
+        if session.delay_timer is not None:
+            session.delay_timer.cancel()
+        now = self.clock.now()
+        await self._transition(session, SessionState.CANCELLED, finished_at=now, error=error)
+        await self._emit(
+            session,
+            "session-cancelled",
+            sessionId=session.id,
+            atomsCreated=session.atoms_created,
+            reason=(error or {}).get("code", "CANCELLED"),
+        )
+        await self._retire(session)
+
+    async def _retire(self, session: LiveSession) -> None:
+        """A finished session leaves memory; its spool goes once nothing in it is needed."""
+        session.finished.set()
+        self.live.pop(session.id, None)
+        self.by_job.pop(session.job_id, None)
+        await asyncio.to_thread(session.spool.remove)
+
+    # -- uploads -----------------------------------------------------------------------
+
+    async def upload(self, identity: Identity, session_id: str, body: bytes) -> dict[str, Any]:
+        """Accept one upload; returns the seed's upload response once it is durable.
+
+        Raises:
+            APIError: the seed's 404, 413 and 400 bodies; 409 when the session does not
+                take data; 500 when the records cannot be made durable.
+        """
+        started = self.clock.monotonic()
+        session = await self.live_session(identity, session_id)
+        try:
+            payload = _DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            raise APIError.invalid_argument(f"The body must be JSON: {exc}") from None
+        return await self.accept(session, payload, len(body), started)
+
+    async def accept(self, session: LiveSession, payload: Any, size: int, started: float) -> dict[str, Any]:
+        """The upload path after decoding (shared with the WebSocket)."""
+        if session.state != SessionState.ACTIVE:
+            hint = (
+                "Resume the session to upload data" if session.state == SessionState.PAUSED else "Start a new session"
+            )
+            raise state_conflict(session.id, session.state, "Session is not accepting data", hint)
+        field_name = _ITEMS[session.session_type]
+        items = payload.get(field_name) if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items:
+            raise APIError.invalid_argument(
+                f"A {session.session_type.value} upload needs a non-empty '{field_name}' list",
+                fields=[{"field": f"body.{field_name}", "message": "required, a non-empty list", "type": "missing"}],
+            )
+        if len(items) > self.config.max_batch_size:
+            raise batch_too_large(self.config.max_batch_size, len(items))
+        if session.records_queued + len(items) > self.config.max_queued_records:
+            raise APIError.unavailable("Too many records are waiting to be processed; retry shortly")
+        batch_id = session.batch_id(session.next_seq)
+        times, problems = self._check(session, items)
+        if problems:
+            raise invalid_data(batch_id, problems)
+        lines = [_ENCODER.encode(item) for item in items]
+        start_index = session.spool.total  # provisional; the spool's answer decides
+        try:
+            end = await session.spool.append(b"\n".join(lines) + b"\n", count=len(lines))
+        except SpoolError as exc:
+            log.error("ingestion session %s: %s", session.id, exc)
+            raise APIError.internal("Failed to store the upload") from None
+        start_index = end - len(lines)
+        if session.state not in FINAL_STATES:
+            self._enqueue(session, start_index, lines, times)
+        session.uploads_received += 1
+        session.bytes_received += size
+        session.last_activity_at = self.clock.now()
+        processed = 0  # batches are processed after the answer
+        return {
+            "sessionId": session.id,
+            "recordsReceived": len(lines),
+            "recordsProcessed": processed,
+            "recordsQueued": len(lines) - processed,
+            "batchId": batch_id,
+            "processingTimeMs": round((self.clock.monotonic() - started) * 1000, 3),
+            "status": session.state.value,
+        }
+
+    def _check(self, session: LiveSession, items: list[Any]) -> tuple[list[int], list[dict[str, Any]]]:
+        if session.session_type == SessionType.TELEMETRY:
+            times, problems = check_records(items)
+            if session.schema is not None:
+                problems.extend(session.schema.check(items, telemetry=True))
+                problems.sort(key=lambda p: p["recordIndex"])
+            return times, problems
+        if session.session_type == SessionType.VIDEO:
+            return check_media(items, data_field="imageData", number_field="frameNumber", formats=IMAGE_FORMATS)
+        return check_media(items, data_field="audioData", number_field="bufferNumber", formats=AUDIO_FORMATS)
+
+    def _enqueue(self, session: LiveSession, start: int, lines: list[bytes], times: list[int]) -> None:
+        """Queue durable records in spool order (uploads may finish their writes out of order)."""
+        session.parked[start] = (lines, times)
+        while session.next_index in session.parked:
+            lines, times = session.parked.pop(session.next_index)
+            session.open_lines.extend(lines)
+            session.open_times.extend(times)
+            session.next_index += len(lines)
+        self._cut(session)
+
+    # -- batching ----------------------------------------------------------------------
+
+    def _cut(self, session: LiveSession, *, force: bool = False) -> None:
+        """Cut full batches; with ``force``, the remainder too; else arm the delay timer."""
+        size = int(session.config.get("batchSize", 1000))
+        while len(session.open_lines) >= size or (force and session.open_lines):
+            lines, session.open_lines = session.open_lines[:size], session.open_lines[size:]
+            times, session.open_times = session.open_times[:size], session.open_times[size:]
+            first = session.next_index - len(session.open_lines) - len(lines)
+            seq = session.next_seq
+            session.next_seq += 1
+            batch = Batch(seq=seq, batch_id=session.batch_id(seq), first_index=first, lines=lines, times=times)
+            session.batches[seq] = batch
+            session.batches_cut += 1
+            self._start_batch(session, batch, announce=True)
+        if session.open_lines and session.delay_timer is None:
+            session.delay_timer = asyncio.create_task(self._delay_cut(session))
+
+    async def _delay_cut(self, session: LiveSession) -> None:
+        try:
+            await self.clock.sleep(int(session.config.get("maxBatchDelayMs", 5000)) / 1000)
+        finally:
+            session.delay_timer = None
+        self._cut(session, force=True)
+
+    def _start_batch(self, session: LiveSession, batch: Batch, *, announce: bool = False) -> None:
+        batch.state = BatchState.QUEUED
+        batch.task = asyncio.create_task(self._run_batch(session, batch, announce))
+
+    async def _run_batch(self, session: LiveSession, batch: Batch, announce: bool) -> None:
+        if announce:
+            await self._emit(session, "batch-received", batchId=batch.batch_id, recordCount=len(batch.lines))
+        await self._record_batch(session, batch)
+        delay = int(session.config.get("retryDelayMs", 1000)) / 1000
+        multiplier = float(session.config.get("retryBackoffMultiplier", 2.0))
+        retries = int(session.config.get("maxRetries", 3))
+        while True:
+            async with session.semaphore:
+                batch.state = BatchState.PROCESSING
+                error = await self._process(session, batch)
+            if error is None:
+                break
+            batch.attempts += 1
+            batch.last_error = error
+            dead = batch.attempts > retries
+            await self._emit(
+                session,
+                "error",
+                errorCode="BATCH_FAILED",
+                message=f"Batch processing failed (attempt {batch.attempts}): {error}",
+                batchId=batch.batch_id,
+                retrying=not dead,
+            )
+            if dead:
+                batch.state = BatchState.DEAD
+                batch.failed_at = self.clock.now()
+                await self._update_batch(
+                    batch, session, state=BatchState.DEAD, attempts=batch.attempts, last_error=error
+                )
+                log.warning("batch %s of %s moved to the dead-letter queue: %s", batch.batch_id, session.id, error)
+                break
+            batch.state = BatchState.RETRYING
+            await self._update_batch(
+                batch, session, state=BatchState.RETRYING, attempts=batch.attempts, last_error=error
+            )
+            await self.clock.sleep(delay * multiplier ** (batch.attempts - 1))
+        batch.task = None
+        await self._after_batch(session)
+
+    async def _record_batch(self, session: LiveSession, batch: Batch) -> None:
+        """The batch's row, written before it is processed, so a restart knows its records."""
+        async with self.store.session() as db:
+            exists = await db.scalar(
+                select(BatchRow.id).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
+            )
+            if exists is None:
+                db.add(
+                    BatchRow(
+                        batch_id=batch.batch_id,
+                        session_id=session.id,
+                        tenant=session.tenant,
+                        seq=batch.seq,
+                        first_index=batch.first_index,
+                        record_count=len(batch.lines),
+                        state=BatchState.QUEUED.value,
+                        attempts=batch.attempts,
+                        created_at=self.clock.now(),
+                    )
+                )
+
+    async def _update_batch(self, batch: Batch, session: LiveSession, **values: Any) -> None:
+        try:
+            async with self.store.session() as db:
+                row = await db.scalar(
+                    select(BatchRow).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
+                )
+                if row is not None:
+                    for name, value in values.items():
+                        setattr(row, name, value.value if isinstance(value, BatchState) else value)
+        except APIError as exc:  # the database being down must not kill the retry loop
+            log.warning("could not record batch %s: %s", batch.batch_id, exc.message)
+
+    async def _process(self, session: LiveSession, batch: Batch) -> str | None:
+        """Atomize, store and index one batch; returns the error, or ``None`` on success."""
+        started = self.clock.monotonic()
+        key = session.key(batch.seq)
+        try:
+            digests, digest, segment = await asyncio.to_thread(_atomize, batch.lines, 3)
+            await self.objects.put(f"{key}.jsonl.zst", segment)
+            await self.objects.put(f"{key}.atoms", digests)
+            elapsed_ms = (self.clock.monotonic() - started) * 1000
+            async with self.store.session() as db:
+                row = await db.scalar(
+                    select(BatchRow).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
+                )
+                if row is None:  # pragma: no cover - written before processing
+                    raise APIError.internal("batch row missing")
+                row.state = BatchState.PROCESSED.value
+                row.attempts = batch.attempts
+                row.segment_key = f"{key}.jsonl.zst"
+                row.min_ts = min(batch.times)
+                row.max_ts = max(batch.times)
+                row.atoms_digest = digest
+                row.processing_ms = elapsed_ms
+                row.last_error = None
+                row.finished_at = self.clock.now()
+        except (OSError, APIError) as exc:
+            return f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+        session.batches.pop(batch.seq, None)
+        batch.state = BatchState.PROCESSED
+        session.batches_processed += 1
+        session.atoms_created += len(batch.lines)
+        session.processing_ms_total += elapsed_ms
+        session.last_activity_at = self.clock.now()
+        await self._emit(
+            session,
+            "batch-processed",
+            batchId=batch.batch_id,
+            atomsCreated=len(batch.lines),
+            processingTimeMs=round(elapsed_ms, 3),
+        )
+        await self._emit(
+            session,
+            "progress",
+            totalRecordsReceived=session.records_received,
+            totalAtomsCreated=session.atoms_created,
+            elapsedMs=round((self.clock.now() - session.created_at).total_seconds() * 1000),
+        )
+        return None
+
+    async def _after_batch(self, session: LiveSession) -> None:
+        if session.state in FINAL_STATES:
+            return
+        await self._compact(session)
+        if session.state == SessionState.COMPLETING:
+            await self._maybe_finish(session)
+
+    async def _compact(self, session: LiveSession) -> None:
+        """Empty the spool once every record in it is stored."""
+        spool = session.spool
+        if session.batches or session.open_lines or session.parked or spool.busy or not spool.active_points:
+            return
+        await spool.reset_active()
+        session.spool_base = session.next_index
+        await self._save(session)
+
+    async def _maybe_finish(self, session: LiveSession) -> None:
+        if session.state != SessionState.COMPLETING or session.finishing:
+            return
+        session.finishing = True
+        try:
+            await self._finish(session)
+        finally:
+            session.finishing = False
+
+    async def _finish(self, session: LiveSession) -> None:
+        await session.spool.drain()
+        self._cut(session, force=True)
+        if any(b.state != BatchState.DEAD for b in session.batches.values()) or session.open_lines:
+            return  # the last batch to finish calls again
+        now = self.clock.now()
+        dead = [b.batch_id for b in session.batches.values()]
+        if dead:
+            error = {
+                "code": "BATCH_FAILED",
+                "message": f"{len(dead)} batch(es) failed and are in the dead-letter queue",
+                "details": ", ".join(dead),
+                "failedAt": iso(now),
+            }
+            await self._transition(session, SessionState.FAILED, finished_at=now, error=error)
+            session.finished.set()
+            return
+        session.final_hash = await self._final_hash(session)
+        await self._transition(session, SessionState.COMPLETED, finished_at=now)
+        await self._emit(
+            session,
+            "session-completed",
+            sessionId=session.id,
+            totalRecords=session.records_received,
+            totalAtoms=session.atoms_created,
+            durationMs=round((now - session.created_at).total_seconds() * 1000),
+        )
+        await self._retire(session)
+
+    async def _final_hash(self, session: LiveSession) -> str:
+        async with self.store.session() as db:
+            rows = (
+                await db.scalars(
+                    select(BatchRow).where(BatchRow.session_id == session.id).order_by(BatchRow.first_index)
+                )
+            ).all()
+        total = hashlib.sha256()
+        for row in rows:
+            total.update(await self.objects.get(session.key(row.seq) + ".atoms"))
+        return total.hexdigest()
+
+    # -- dead-letter queue -------------------------------------------------------------
+
+    async def dead_letters(self, identity: Identity) -> list[dict[str, Any]]:
+        """The tenant's batches in the dead-letter queue."""
+        found = []
+        for session in self.live.values():
+            if session.tenant != identity.tenant:
+                continue
+            for batch in session.batches.values():
+                if batch.state == BatchState.DEAD:
+                    found.append(
+                        {
+                            "batchId": batch.batch_id,
+                            "sessionId": session.id,
+                            "recordCount": len(batch.lines),
+                            "attempts": batch.attempts,
+                            "lastError": batch.last_error,
+                            "failedAt": iso(batch.failed_at) if batch.failed_at else None,
+                        }
+                    )
+        return sorted(found, key=lambda item: item["batchId"])
+
+    async def retry_dead(self, identity: Identity, batch_id: str) -> dict[str, Any]:
+        """Put a dead batch back in the queue.
+
+        Raises:
+            APIError: 404 when no batch of the tenant's DLQ has this id.
+        """
+        for session in self.live.values():
+            if session.tenant != identity.tenant:
+                continue
+            for batch in session.batches.values():
+                if batch.batch_id == batch_id and batch.state == BatchState.DEAD:
+                    batch.attempts = 0
+                    await self._update_batch(batch, session, state=BatchState.QUEUED, attempts=0)
+                    self._start_batch(session, batch)
+                    return {"batchId": batch_id, "sessionId": session.id, "status": "queued"}
+        raise APIError.not_found("Batch not found in the dead-letter queue", batchId=batch_id)
+
+    # -- schemas -----------------------------------------------------------------------
+
+    async def put_schema(self, identity: Identity, definition: dict[str, Any]) -> tuple[Schema, bool]:
+        """Register (or replace) a schema; returns it and whether it is new."""
+        schema = parse_schema(definition)
+        async with self.store.session() as db:
+            row = await db.scalar(
+                select(SchemaRow).where(SchemaRow.tenant == identity.tenant, SchemaRow.name == schema.name)
+            )
+            created = row is None
+            if row is None:
+                db.add(
+                    SchemaRow(
+                        tenant=identity.tenant, name=schema.name, definition=definition, created_at=self.clock.now()
+                    )
+                )
+            else:
+                row.definition = definition
+        return schema, created
+
+    async def get_schema(self, identity: Identity, name: str) -> Schema:
+        """A registered schema of the tenant.
+
+        Raises:
+            APIError: 404.
+        """
+        async with self.store.session() as db:
+            row = await db.scalar(select(SchemaRow).where(SchemaRow.tenant == identity.tenant, SchemaRow.name == name))
+        if row is None:
+            raise APIError.not_found("Schema not found", schemaName=name)
+        return parse_schema(row.definition)
+
+    # -- reading back ------------------------------------------------------------------
+
+    async def records(
+        self, identity: Identity, session_id: str, *, start: int | None, end: int | None, limit: int
+    ) -> Any:
+        """Stored records with ``start <= timestamp <= end`` (ms), in timestamp order, as NDJSON lines.
+
+        Raises:
+            APIError: 404.
+        """
+        found = await self.find(identity, session_id)
+        query = select(BatchRow).where(BatchRow.session_id == found.id, BatchRow.state == BatchState.PROCESSED.value)
+        if start is not None:
+            query = query.where(BatchRow.max_ts >= start)
+        if end is not None:
+            query = query.where(BatchRow.min_ts <= end)
+        async with self.store.session() as db:
+            rows = list((await db.scalars(query.order_by(BatchRow.min_ts, BatchRow.seq))).all())
+        return self._merge(rows, start, end, limit)
+
+    async def _merge(self, rows: list[BatchRow], start: int | None, end: int | None, limit: int) -> Any:
+        """k-way merge of the segments overlapping the range, each sorted by time."""
+        import heapq
+
+        heap: list[tuple[int, int, int, bytes]] = []
+        sent = 0
+        counter = 0
+        for i, row in enumerate([*rows, None]):
+            bound = row.min_ts if row is not None else None
+            while heap and (bound is None or heap[0][0] <= bound) and sent < limit:
+                _, _, _, line = heapq.heappop(heap)
+                yield line + b"\n"
+                sent += 1
+            if sent >= limit or row is None:
+                return
+            assert row.segment_key is not None  # noqa: S101 -- set for every processed batch
+            data = await self.objects.get(row.segment_key)
+            text = await asyncio.to_thread(zstandard.ZstdDecompressor().decompressobj().decompress, data)
+            for line in text.splitlines():
+                stamp = _line_time(line)
+                if (start is None or stamp >= start) and (end is None or stamp <= end):
+                    counter += 1
+                    heapq.heappush(heap, (stamp, i, counter, line))
+
+
+def _line_time(line: bytes) -> int:
+    try:
+        return timestamp_ms(orjson.loads(line).get("timestamp")) or 0
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+
+
+# -- the seed's error bodies ----------------------------------------------------------------
+
+
+def session_not_found(session_id: str) -> APIError:
+    return APIError(
+        ErrCode.NOT_FOUND,
+        "Session not found",
+        details={
+            "sessionId": session_id,
+            "message": "No active session found with this ID",
+            "suggestions": [
+                "Verify session ID is correct",
+                "Check if session expired (max 24 hours)",
+                "Start a new session",
+            ],
+        },
+    )
+
+
+def batch_too_large(limit: int, received: int) -> APIError:
+    return APIError(
+        ErrCode.PAYLOAD_TOO_LARGE,
+        "Batch size exceeded",
+        details={
+            "maxBatchSize": limit,
+            "receivedBatchSize": received,
+            "message": "Batch exceeds maximum allowed size",
+            "suggestion": "Split data into smaller batches",
+        },
+    )
+
+
+def invalid_data(batch_id: str, problems: list[dict[str, Any]]) -> APIError:
+    return APIError(
+        ErrCode.INVALID_ARGUMENT,
+        "Invalid data format",
+        details={
+            "batchId": batch_id,
+            "invalidRecords": problems,
+            "suggestion": "Fix invalid records and resubmit batch",
+        },
+    )
+
+
+def state_conflict(session_id: str, state: SessionState, message: str, suggestion: str | None = None) -> APIError:
+    details: dict[str, Any] = {"sessionId": session_id, "status": state.value, "message": message}
+    if suggestion:
+        details["suggestion"] = suggestion
+    return APIError(ErrCode.CONFLICT, "Session state conflict", details=details)
