@@ -277,6 +277,7 @@ def create_app(
             fsync=settings.ingest_fsync,
             session_ttl_seconds=settings.ingest_session_ttl_seconds,
             max_queued_records=settings.ingest_max_queued_records,
+            workers=settings.ingest_workers,
         ),
     )
     ingest_routes = IngestRoutes(ingest)

@@ -7,6 +7,7 @@ folder holds everything a single-machine install keeps.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -95,6 +96,12 @@ class Settings(BaseSettings):
     )
     ingest_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest upload body (413 above).")
     ingest_fsync: bool = Field(True, description="fsync uploads before acknowledging them.")
+    ingest_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=0,
+        description="Processes that decode, check and hash large uploads (default: one per CPU); 0 does it in "
+        "the serving process.",
+    )
     ingest_session_ttl_seconds: float = Field(
         86_400.0, gt=0, description="Idle time after which an ingestion session is cancelled (the seed: 24 hours)."
     )

@@ -20,7 +20,7 @@ from sluicegate.responses import json_response
 from sluicegate.security.deps import AnyIdentity, rate_limited
 from sluicegate.services.ingest.models import BatchState, EndRequest, IngestSessionRow, SessionState, StartRequest
 from sluicegate.services.ingest.service import IngestService, LiveSession, iso
-from sluicegate.services.ingest.validation import timestamp_ms
+from sluicegate.services.ingest.validation import timestamp_us
 from sluicegate.services.relay import follow, memo_frame
 from sluicegate.streaming import Frame, StreamInOut, StreamOut, StreamRouter
 
@@ -176,16 +176,19 @@ class IngestRoutes:
             body["completedAt"] = iso(finished)
         return body
 
-    def _job(self, session: LiveSession | IngestSessionRow, request: Request) -> dict[str, Any]:
+    async def _job(self, session: LiveSession | IngestSessionRow, request: Request) -> dict[str, Any]:
         state = SessionState(session.state) if isinstance(session, IngestSessionRow) else session.state
         url = str(request.base_url).rstrip("/") + f"/api/streaming/jobs/{session.job_id}/status"
         body: dict[str, Any] = {"jobId": session.job_id, "sessionId": session.id, "startedAt": iso(session.created_at)}
-        atoms = session.atoms_created if isinstance(session, LiveSession) else None
+        if isinstance(session, LiveSession):
+            atoms = session.atoms_created
+        else:
+            atoms = int((await self._finished_counts(session))["totalAtomsCreated"])
         if state == SessionState.COMPLETED:
             body |= {
                 "status": "completed",
                 "result": {
-                    "atomsCreated": atoms if atoms is not None else session.records_received,
+                    "atomsCreated": atoms,
                     "totalDurationMs": _ms(session.finished_at, session.created_at),
                     "finalHash": session.final_hash,
                 },
@@ -315,13 +318,13 @@ class IngestRoutes:
         ) -> StreamingResponse:
             bounds = []
             for name, value in (("from", start), ("to", end)):
-                millis = timestamp_ms(value) if value is not None else None
-                if value is not None and millis is None:
+                micros = timestamp_us(value) if value is not None else None
+                if value is not None and micros is None:
                     raise APIError.invalid_argument(
                         f"'{name}' must be an ISO-8601 time",
                         fields=[{"field": f"query.{name}", "message": "not an ISO-8601 time", "type": "value_error"}],
                     )
-                bounds.append(millis)
+                bounds.append(micros)
             lines = await service.records(identity, sessionId, start=bounds[0], end=bounds[1], limit=limit)
             return StreamingResponse(lines, media_type="application/x-ndjson")
 
@@ -330,12 +333,12 @@ class IngestRoutes:
 
         @router.get("/jobs/{jobId}/status", summary="A job's status and progress")
         async def job_status(jobId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
-            return self._job(await service.find_job(identity, jobId), request)
+            return await self._job(await service.find_job(identity, jobId), request)
 
         @router.post("/jobs/{jobId}/cancel", summary="Cancel a job")
         async def cancel_job(jobId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             """Stops processing; what was stored stays and is reported as `partialResult`."""
-            return self._job(await service.cancel(identity, jobId), request)
+            return await self._job(await service.cancel(identity, jobId), request)
 
     def _extras(self) -> None:
         router, service = self.router, self.service
@@ -393,7 +396,7 @@ class IngestRoutes:
                 async for message in stream:
                     started = time.monotonic()
                     try:
-                        result = await service.accept(session, message, len(orjson.dumps(message)), started)
+                        result = await service.accept(session, orjson.dumps(message), started)
                     except APIError as exc:
                         await stream.send({"type": "error", "errorCode": exc.code.value, **exc.body()})
                         continue

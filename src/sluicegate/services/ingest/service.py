@@ -3,7 +3,8 @@
 The life of a record:
 
 1. **upload**: decoded (msgspec), checked (timestamps, the session's schema, frames'
-   and buffers' base64 and format), re-serialised canonically, and appended to the
+   and buffers' base64 and format), re-serialised canonically and hashed
+   (:mod:`.prepare`, in worker processes for large bodies), and appended to the
    session's spool (:mod:`sluicegate.engines.spool`, group commits with ``fdatasync``)
    before the upload is answered: a 2xx survives ``kill -9``.
 2. **batching**: records queue in order and are cut into batches of ``batchSize``, or
@@ -11,9 +12,8 @@ The life of a record:
    processed at once.
 3. **atomization**: each record is an atom named by the SHA-256 of its canonical bytes.
 4. **indexing and storage**: a batch is one zstd segment of JSON Lines in the object
-   store (``ingest/t<tenant>/<session>/<seq>.jsonl.zst``, with ``<seq>.atoms``, the raw
-   32-byte digests in order) and one database row holding its place, count and time
-   range. No row per record.
+   store (``ingest/t<tenant>/<session>/<seq>.jsonl.zst``) and one database row holding
+   its place in the session, count, time range and digest. No row per record.
 5. **completion**: when the session has ended and every batch is stored, the job's
    ``finalHash`` is computed and the session completes.
 
@@ -37,11 +37,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import multiprocessing
 import secrets
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import orjson
 import zstandard
 from sqlalchemy import select
@@ -59,15 +60,8 @@ from sluicegate.services.ingest.models import (
     SessionType,
     StartRequest,
 )
-from sluicegate.services.ingest.validation import (
-    AUDIO_FORMATS,
-    IMAGE_FORMATS,
-    Schema,
-    check_media,
-    check_records,
-    parse_schema,
-    timestamp_ms,
-)
+from sluicegate.services.ingest.prepare import Prepared, prepare
+from sluicegate.services.ingest.validation import Schema, parse_schema, timestamp_us
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -83,9 +77,7 @@ __all__ = ["IngestConfig", "IngestService", "LiveSession"]
 
 log = logging.getLogger("sluicegate.ingest")
 
-_ENCODER = msgspec.json.Encoder(order="sorted")
-_DECODER = msgspec.json.Decoder()
-_ITEMS = {SessionType.TELEMETRY: "records", SessionType.VIDEO: "frames", SessionType.AUDIO: "buffers"}
+_INLINE_BELOW = 64 * 1024  # smaller bodies are prepared on the event loop: no trip to a worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +90,7 @@ class IngestConfig:
     fsync: bool = True
     session_ttl_seconds: float = 86_400.0
     max_queued_records: int = 2_000_000
+    workers: int = 0  # processes preparing large uploads; 0 prepares them in this process
 
 
 def iso(moment: datetime) -> str:
@@ -110,8 +103,10 @@ class Batch:
     seq: int
     batch_id: str
     first_index: int
-    lines: list[bytes]
-    times: list[int]
+    lines: list[bytes]  # canonical records, without their newline
+    digests: bytes  # 32 bytes per record
+    min_ts: int
+    max_ts: int
     state: BatchState = BatchState.QUEUED
     attempts: int = 0
     last_error: str | None = None
@@ -135,13 +130,13 @@ class LiveSession:
     last_activity_at: datetime
     spool: SessionSpool
     spool_base: int
-    schema: Schema | None = None
+    schema: dict[str, Any] | None = None  # the definition of the session's schema
     ended_at: datetime | None = None
     finished_at: datetime | None = None
     error: dict[str, Any] | None = None
     final_hash: str | None = None
     uploads_received: int = 0
-    bytes_received: int = 0
+    bytes_base: int = 0  # canonical bytes of the records no longer in the spool's active file
     batches_cut: int = 0
     batches_processed: int = 0
     atoms_created: int = 0
@@ -149,9 +144,10 @@ class LiveSession:
     next_index: int = 0  # index of the next record to join the queue
     next_seq: int = 1
     open_lines: list[bytes] = field(default_factory=list)
-    open_times: list[int] = field(default_factory=list)
+    open_digests: bytes = b""
+    open_bounds: list[list[int]] = field(default_factory=list)  # [count, min_ts, max_ts] per upload, in order
     batches: dict[int, Batch] = field(default_factory=dict)  # not processed yet (queued ... dead)
-    parked: dict[int, tuple[list[bytes], list[int]]] = field(default_factory=dict)
+    parked: dict[int, Prepared] = field(default_factory=dict)
     delay_timer: asyncio.Task[None] | None = None
     semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(5))
     finishing: bool = False
@@ -166,6 +162,11 @@ class LiveSession:
         return self.spool.total
 
     @property
+    def bytes_received(self) -> int:
+        """Canonical bytes of every record received (durable: counted from the spool)."""
+        return self.bytes_base + self.spool.active_bytes
+
+    @property
     def records_queued(self) -> int:
         return self.records_received - self.atoms_created
 
@@ -176,12 +177,17 @@ class LiveSession:
         return f"ingest/t{self.tenant}/{self.id}/{seq:06d}"
 
 
-def _atomize(lines: list[bytes], level: int) -> tuple[bytes, str, bytes]:
-    """Digests of each atom (32 bytes each, in order), their batch digest, and the zstd segment."""
-    sha = hashlib.sha256
-    digests = b"".join([sha(line).digest() for line in lines])
+def _atomize(lines: list[bytes], digests: bytes, level: int) -> tuple[str, bytes]:
+    """The batch's digest (over its atoms' digests) and its zstd segment."""
     segment = zstandard.ZstdCompressor(level=level).compress(b"\n".join(lines) + b"\n")
-    return digests, sha(digests).hexdigest(), segment
+    return hashlib.sha256(digests).hexdigest(), segment
+
+
+def _rehash(segment: bytes) -> bytes:
+    """The atoms' digests of a stored segment, in order."""
+    text = zstandard.ZstdDecompressor().decompressobj().decompress(segment)
+    sha = hashlib.sha256
+    return b"".join([sha(line).digest() for line in text.split(b"\n") if line])
 
 
 class IngestService:
@@ -199,6 +205,7 @@ class IngestService:
         self.by_job: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
     # -- life --------------------------------------------------------------------------
 
@@ -212,6 +219,8 @@ class IngestService:
             ).all()
         for row in rows:
             await self._recover(row)
+        if self.config.workers > 0:
+            self._pool = ProcessPoolExecutor(self.config.workers, mp_context=multiprocessing.get_context("spawn"))
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def close(self) -> None:
@@ -227,6 +236,9 @@ class IngestService:
         await asyncio.gather(*tasks, return_exceptions=True)
         for session in self.live.values():
             session.spool.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def check(self) -> None:
         return None
@@ -273,7 +285,7 @@ class IngestService:
         if body.schemaName is not None:
             if body.sessionType != SessionType.TELEMETRY:
                 raise APIError.invalid_argument("Schemas apply to telemetry sessions only")
-            schema = await self.get_schema(identity, body.schemaName)
+            schema = await self._schema_definition(identity.tenant, body.schemaName)
         now = self.clock.now()
         session_id = f"stream-session-{secrets.token_hex(8)}"
         config = body.model_dump(exclude={"sessionType", "sessionName", "metadata", "tenantId"})
@@ -303,7 +315,7 @@ class IngestService:
         await self._emit(session, "session-started", sessionId=session.id)
         return session
 
-    def _live_from_row(self, row: IngestSessionRow, schema: Schema | None) -> LiveSession:
+    def _live_from_row(self, row: IngestSessionRow, schema: dict[str, Any] | None) -> LiveSession:
         spool = SessionSpool(self.config.spool_dir / row.id, fsync=self.config.fsync, total=row.spool_base)
         session = LiveSession(
             id=row.id,
@@ -323,7 +335,7 @@ class IngestService:
             finished_at=row.finished_at,
             error=row.error,
             uploads_received=row.uploads_received,
-            bytes_received=row.bytes_received,
+            bytes_base=row.bytes_received,
             next_index=row.spool_base,
         )
         session.semaphore = asyncio.Semaphore(int(row.config.get("maxConcurrentBatches", 5)))
@@ -332,11 +344,8 @@ class IngestService:
     async def _recover(self, row: IngestSessionRow) -> None:
         schema = None
         if row.config.get("schemaName"):
-            async with self.store.session() as db:
-                found = await db.scalar(
-                    select(SchemaRow).where(SchemaRow.tenant == row.tenant, SchemaRow.name == row.config["schemaName"])
-                )
-            schema = parse_schema(found.definition) if found is not None else None
+            with contextlib.suppress(APIError):
+                schema = await self._schema_definition(row.tenant, row.config["schemaName"])
         session = self._live_from_row(row, schema)
         spool = session.spool
         await asyncio.to_thread(spool.recover)
@@ -344,42 +353,47 @@ class IngestService:
         async with self.store.session() as db:
             batch_rows = (await db.scalars(select(BatchRow).where(BatchRow.session_id == row.id))).all()
         stored = [b for b in batch_rows if b.state == BatchState.PROCESSED]
-        session.batches_cut = len(batch_rows)
         session.batches_processed = len(stored)
+        session.batches_cut = len(batch_rows)
         session.atoms_created = sum(b.record_count for b in stored)
         session.processing_ms_total = sum(b.processing_ms or 0.0 for b in stored)
         session.next_seq = max((b.seq for b in batch_rows), default=0) + 1
-        covered_to = session.spool_base
         base = session.spool_base
-        for batch_row in sorted(batch_rows, key=lambda b: b.first_index):
-            end = batch_row.first_index + batch_row.record_count
-            covered_to = max(covered_to, end)
-            if batch_row.state == BatchState.PROCESSED:
-                continue
-            chunk = lines[batch_row.first_index - base : end - base]
-            batch = Batch(
-                seq=batch_row.seq,
-                batch_id=batch_row.batch_id,
-                first_index=batch_row.first_index,
-                lines=chunk,
-                times=[_line_time(line) for line in chunk],
-                attempts=batch_row.attempts,
-                last_error=batch_row.last_error,
-                state=BatchState.DEAD if batch_row.state == BatchState.DEAD else BatchState.QUEUED,
-            )
-            session.batches[batch.seq] = batch
-        rest = lines[covered_to - base :]
-        session.next_index = covered_to + len(rest)
-        session.open_lines = rest
-        session.open_times = [_line_time(line) for line in rest]
+        covered = [False] * len(lines)
+        for batch_row in batch_rows:
+            lo, hi = batch_row.first_index - base, batch_row.first_index + batch_row.record_count - base
+            for i in range(max(lo, 0), min(hi, len(lines))):
+                covered[i] = True
+            if batch_row.state != BatchState.PROCESSED:  # dead, or put back in the queue by hand
+                kept = _recovered_batch(batch_row.seq, batch_row.batch_id, batch_row.first_index, lines[lo:hi])
+                kept.attempts, kept.last_error = batch_row.attempts, batch_row.last_error
+                if batch_row.state == BatchState.DEAD:
+                    kept.state, kept.failed_at = BatchState.DEAD, batch_row.finished_at
+                session.batches[batch_row.seq] = kept
         self.live[session.id] = session
         self.by_job[session.job_id] = session.id
-        if rest:
-            log.info("recovering %d unbatched records of ingestion session %s", len(rest), session.id)
-            self._cut(session, force=True)
-        for batch in session.batches.values():
-            if batch.state == BatchState.QUEUED:
-                self._start_batch(session, batch)
+        # Records acknowledged but in no stored batch (in flight or queued at the crash)
+        # are batched again, run by run, in their original order.
+        size = int(session.config.get("batchSize", 1000))
+        i = 0
+        while i < len(lines):
+            if covered[i]:
+                i += 1
+                continue
+            j = i
+            while j < len(lines) and not covered[j] and j - i < size:
+                j += 1
+            seq = session.next_seq
+            session.next_seq += 1
+            session.batches[seq] = _recovered_batch(seq, session.batch_id(seq), base + i, lines[i:j])
+            session.batches_cut += 1
+            i = j
+        session.next_index = base + len(lines)
+        pending = [b for b in session.batches.values() if b.state == BatchState.QUEUED]
+        if pending:
+            log.info("recovering %d batches of ingestion session %s", len(pending), session.id)
+        for batch in pending:
+            self._start_batch(session, batch)
         if session.state == SessionState.COMPLETING:
             self._spawn(self._maybe_finish(session))
 
@@ -449,7 +463,7 @@ class IngestService:
             row.final_hash = session.final_hash
             row.records_received = session.records_received
             row.uploads_received = session.uploads_received
-            row.bytes_received = session.bytes_received
+            row.bytes_received = session.bytes_base
             row.spool_base = session.spool_base
 
     async def pause(self, identity: Identity, session_id: str) -> LiveSession:
@@ -469,7 +483,7 @@ class IngestService:
     ) -> LiveSession | IngestSessionRow:
         """Stop taking data, process what is queued, complete (optionally waiting for it)."""
         found = await self.find(identity, session_id)
-        if isinstance(found, IngestSessionRow):
+        if isinstance(found, IngestSessionRow) or found.state in FINAL_STATES:
             return found  # ending a finished session is a no-op that reports it
         session = found
         if session.state not in (SessionState.COMPLETING,):
@@ -511,6 +525,10 @@ class IngestService:
 
     async def _retire(self, session: LiveSession) -> None:
         """A finished session leaves memory; its spool goes once nothing in it is needed."""
+        session.bytes_base += session.spool.active_bytes
+        await self._save(session)
+        if session.delay_timer is not None:
+            session.delay_timer.cancel()
         session.finished.set()
         self.live.pop(session.id, None)
         self.by_job.pop(session.job_id, None)
@@ -527,77 +545,61 @@ class IngestService:
         """
         started = self.clock.monotonic()
         session = await self.live_session(identity, session_id)
-        try:
-            payload = _DECODER.decode(body)
-        except msgspec.DecodeError as exc:
-            raise APIError.invalid_argument(f"The body must be JSON: {exc}") from None
-        return await self.accept(session, payload, len(body), started)
+        return await self.accept(session, body, started)
 
-    async def accept(self, session: LiveSession, payload: Any, size: int, started: float) -> dict[str, Any]:
-        """The upload path after decoding (shared with the WebSocket)."""
-        if session.state != SessionState.ACTIVE:
-            hint = (
-                "Resume the session to upload data" if session.state == SessionState.PAUSED else "Start a new session"
+    async def accept(self, session: LiveSession, body: bytes, started: float) -> dict[str, Any]:
+        """The upload path for a body (shared with the WebSocket)."""
+        self._check_accepting(session)
+        kind = session.session_type.value
+        if self._pool is not None and len(body) >= _INLINE_BELOW:
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(
+                self._pool, prepare, kind, body, self.config.max_batch_size, session.schema
             )
-            raise state_conflict(session.id, session.state, "Session is not accepting data", hint)
-        field_name = _ITEMS[session.session_type]
-        items = payload.get(field_name) if isinstance(payload, dict) else None
-        if not isinstance(items, list) or not items:
-            raise APIError.invalid_argument(
-                f"A {session.session_type.value} upload needs a non-empty '{field_name}' list",
-                fields=[{"field": f"body.{field_name}", "message": "required, a non-empty list", "type": "missing"}],
-            )
-        if len(items) > self.config.max_batch_size:
-            raise batch_too_large(self.config.max_batch_size, len(items))
-        if session.records_queued + len(items) > self.config.max_queued_records:
-            raise APIError.unavailable("Too many records are waiting to be processed; retry shortly")
+        else:
+            prepared = prepare(kind, body, self.config.max_batch_size, session.schema)
         batch_id = session.batch_id(session.next_seq)
-        times, problems = self._check(session, items)
-        if problems:
-            raise invalid_data(batch_id, problems)
-        lines = [_ENCODER.encode(item) for item in items]
-        start_index = session.spool.total  # provisional; the spool's answer decides
+        if not prepared.ok:
+            raise _refusal(prepared, batch_id, self.config.max_batch_size)
+        self._check_accepting(session)  # it may have been paused while the body was prepared
+        if session.records_queued + prepared.count > self.config.max_queued_records:
+            raise APIError.unavailable("Too many records are waiting to be processed; retry shortly")
         try:
-            end = await session.spool.append(b"\n".join(lines) + b"\n", count=len(lines))
+            end = await session.spool.append(prepared.lines, count=prepared.count)
         except SpoolError as exc:
             log.error("ingestion session %s: %s", session.id, exc)
             raise APIError.internal("Failed to store the upload") from None
-        start_index = end - len(lines)
         if session.state not in FINAL_STATES:
-            self._enqueue(session, start_index, lines, times)
+            self._enqueue(session, end - prepared.count, prepared)
         session.uploads_received += 1
-        session.bytes_received += size
         session.last_activity_at = self.clock.now()
-        processed = 0  # batches are processed after the answer
         return {
             "sessionId": session.id,
-            "recordsReceived": len(lines),
-            "recordsProcessed": processed,
-            "recordsQueued": len(lines) - processed,
+            "recordsReceived": prepared.count,
+            "recordsProcessed": 0,  # batches are processed after the answer
+            "recordsQueued": prepared.count,
             "batchId": batch_id,
             "processingTimeMs": round((self.clock.monotonic() - started) * 1000, 3),
             "status": session.state.value,
         }
 
-    def _check(self, session: LiveSession, items: list[Any]) -> tuple[list[int], list[dict[str, Any]]]:
-        if session.session_type == SessionType.TELEMETRY:
-            times, problems = check_records(items)
-            if session.schema is not None:
-                problems.extend(session.schema.check(items, telemetry=True))
-                problems.sort(key=lambda p: p["recordIndex"])
-            return times, problems
-        if session.session_type == SessionType.VIDEO:
-            return check_media(items, data_field="imageData", number_field="frameNumber", formats=IMAGE_FORMATS)
-        return check_media(items, data_field="audioData", number_field="bufferNumber", formats=AUDIO_FORMATS)
+    @staticmethod
+    def _check_accepting(session: LiveSession) -> None:
+        if session.state != SessionState.ACTIVE:
+            hint = (
+                "Resume the session to upload data" if session.state == SessionState.PAUSED else "Start a new session"
+            )
+            raise state_conflict(session.id, session.state, "Session is not accepting data", hint)
 
-    def _enqueue(self, session: LiveSession, start: int, lines: list[bytes], times: list[int]) -> None:
+    def _enqueue(self, session: LiveSession, start: int, prepared: Prepared) -> None:
         """Queue durable records in spool order (uploads may finish their writes out of order)."""
-        session.parked[start] = (lines, times)
+        session.parked[start] = prepared
         while session.next_index in session.parked:
-            lines, times = session.parked.pop(session.next_index)
-            session.open_lines.extend(lines)
-            session.open_times.extend(times)
-            session.next_index += len(lines)
+            ready = session.parked.pop(session.next_index)
+            session.open_lines.extend(ready.lines.split(b"\n")[:-1])
+            session.open_digests += ready.digests
+            session.open_bounds.append([ready.count, ready.min_ts, ready.max_ts])
+            session.next_index += ready.count
         self._cut(session)
 
     # -- batching ----------------------------------------------------------------------
@@ -606,12 +608,14 @@ class IngestService:
         """Cut full batches; with ``force``, the remainder too; else arm the delay timer."""
         size = int(session.config.get("batchSize", 1000))
         while len(session.open_lines) >= size or (force and session.open_lines):
-            lines, session.open_lines = session.open_lines[:size], session.open_lines[size:]
-            times, session.open_times = session.open_times[:size], session.open_times[size:]
-            first = session.next_index - len(session.open_lines) - len(lines)
+            take = min(size, len(session.open_lines))
+            lines, session.open_lines = session.open_lines[:take], session.open_lines[take:]
+            digests, session.open_digests = session.open_digests[: 32 * take], session.open_digests[32 * take :]
+            low, high = _take_bounds(session.open_bounds, take)
+            first = session.next_index - len(session.open_lines) - take
             seq = session.next_seq
             session.next_seq += 1
-            batch = Batch(seq=seq, batch_id=session.batch_id(seq), first_index=first, lines=lines, times=times)
+            batch = Batch(seq, session.batch_id(seq), first, lines, digests, low, high)
             session.batches[seq] = batch
             session.batches_cut += 1
             self._start_batch(session, batch, announce=True)
@@ -632,7 +636,6 @@ class IngestService:
     async def _run_batch(self, session: LiveSession, batch: Batch, announce: bool) -> None:
         if announce:
             await self._emit(session, "batch-received", batchId=batch.batch_id, recordCount=len(batch.lines))
-        await self._record_batch(session, batch)
         delay = int(session.config.get("retryDelayMs", 1000)) / 1000
         multiplier = float(session.config.get("retryBackoffMultiplier", 2.0))
         retries = int(session.config.get("maxRetries", 3))
@@ -656,76 +659,61 @@ class IngestService:
             if dead:
                 batch.state = BatchState.DEAD
                 batch.failed_at = self.clock.now()
-                await self._update_batch(
-                    batch, session, state=BatchState.DEAD, attempts=batch.attempts, last_error=error
-                )
+                await self._write_row(session, batch, BatchState.DEAD, finished_at=batch.failed_at)
                 log.warning("batch %s of %s moved to the dead-letter queue: %s", batch.batch_id, session.id, error)
                 break
             batch.state = BatchState.RETRYING
-            await self._update_batch(
-                batch, session, state=BatchState.RETRYING, attempts=batch.attempts, last_error=error
-            )
             await self.clock.sleep(delay * multiplier ** (batch.attempts - 1))
         batch.task = None
         await self._after_batch(session)
 
-    async def _record_batch(self, session: LiveSession, batch: Batch) -> None:
-        """The batch's row, written before it is processed, so a restart knows its records."""
-        async with self.store.session() as db:
-            exists = await db.scalar(
-                select(BatchRow.id).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
-            )
-            if exists is None:
-                db.add(
-                    BatchRow(
+    async def _write_row(self, session: LiveSession, batch: Batch, state: BatchState, **values: Any) -> None:
+        """Insert or update the batch's row (best effort for failures: the database may be what is down)."""
+        try:
+            async with self.store.session() as db:
+                row = await db.scalar(
+                    select(BatchRow).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
+                )
+                if row is None:
+                    row = BatchRow(
                         batch_id=batch.batch_id,
                         session_id=session.id,
                         tenant=session.tenant,
                         seq=batch.seq,
                         first_index=batch.first_index,
                         record_count=len(batch.lines),
-                        state=BatchState.QUEUED.value,
-                        attempts=batch.attempts,
                         created_at=self.clock.now(),
                     )
-                )
-
-    async def _update_batch(self, batch: Batch, session: LiveSession, **values: Any) -> None:
-        try:
-            async with self.store.session() as db:
-                row = await db.scalar(
-                    select(BatchRow).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
-                )
-                if row is not None:
-                    for name, value in values.items():
-                        setattr(row, name, value.value if isinstance(value, BatchState) else value)
-        except APIError as exc:  # the database being down must not kill the retry loop
+                    db.add(row)
+                row.state = state.value
+                row.attempts = batch.attempts
+                row.last_error = batch.last_error
+                row.min_ts, row.max_ts = batch.min_ts, batch.max_ts
+                for name, value in values.items():
+                    setattr(row, name, value)
+        except APIError as exc:
+            if state == BatchState.PROCESSED:
+                raise
             log.warning("could not record batch %s: %s", batch.batch_id, exc.message)
 
     async def _process(self, session: LiveSession, batch: Batch) -> str | None:
-        """Atomize, store and index one batch; returns the error, or ``None`` on success."""
+        """Store and index one batch; returns the error, or ``None`` on success."""
         started = self.clock.monotonic()
-        key = session.key(batch.seq)
+        key = session.key(batch.seq) + ".jsonl.zst"
         try:
-            digests, digest, segment = await asyncio.to_thread(_atomize, batch.lines, 3)
-            await self.objects.put(f"{key}.jsonl.zst", segment)
-            await self.objects.put(f"{key}.atoms", digests)
+            digest, segment = await asyncio.to_thread(_atomize, batch.lines, batch.digests, 3)
+            await self.objects.put(key, segment)
             elapsed_ms = (self.clock.monotonic() - started) * 1000
-            async with self.store.session() as db:
-                row = await db.scalar(
-                    select(BatchRow).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
-                )
-                if row is None:  # pragma: no cover - written before processing
-                    raise APIError.internal("batch row missing")
-                row.state = BatchState.PROCESSED.value
-                row.attempts = batch.attempts
-                row.segment_key = f"{key}.jsonl.zst"
-                row.min_ts = min(batch.times)
-                row.max_ts = max(batch.times)
-                row.atoms_digest = digest
-                row.processing_ms = elapsed_ms
-                row.last_error = None
-                row.finished_at = self.clock.now()
+            await self._write_row(
+                session,
+                batch,
+                BatchState.PROCESSED,
+                segment_key=key,
+                atoms_digest=digest,
+                processing_ms=elapsed_ms,
+                finished_at=self.clock.now(),
+                last_error=None,
+            )
         except (OSError, APIError) as exc:
             return f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
         session.batches.pop(batch.seq, None)
@@ -762,6 +750,7 @@ class IngestService:
         spool = session.spool
         if session.batches or session.open_lines or session.parked or spool.busy or not spool.active_points:
             return
+        session.bytes_base += spool.active_bytes
         await spool.reset_active()
         session.spool_base = session.next_index
         await self._save(session)
@@ -813,7 +802,8 @@ class IngestService:
             ).all()
         total = hashlib.sha256()
         for row in rows:
-            total.update(await self.objects.get(session.key(row.seq) + ".atoms"))
+            if row.segment_key is not None:
+                total.update(await asyncio.to_thread(_rehash, await self.objects.get(row.segment_key)))
         return total.hexdigest()
 
     # -- dead-letter queue -------------------------------------------------------------
@@ -850,7 +840,7 @@ class IngestService:
             for batch in session.batches.values():
                 if batch.batch_id == batch_id and batch.state == BatchState.DEAD:
                     batch.attempts = 0
-                    await self._update_batch(batch, session, state=BatchState.QUEUED, attempts=0)
+                    await self._write_row(session, batch, BatchState.QUEUED)
                     self._start_batch(session, batch)
                     return {"batchId": batch_id, "sessionId": session.id, "status": "queued"}
         raise APIError.not_found("Batch not found in the dead-letter queue", batchId=batch_id)
@@ -881,18 +871,21 @@ class IngestService:
         Raises:
             APIError: 404.
         """
+        return parse_schema(await self._schema_definition(identity.tenant, name))
+
+    async def _schema_definition(self, tenant: int, name: str) -> dict[str, Any]:
         async with self.store.session() as db:
-            row = await db.scalar(select(SchemaRow).where(SchemaRow.tenant == identity.tenant, SchemaRow.name == name))
+            row = await db.scalar(select(SchemaRow).where(SchemaRow.tenant == tenant, SchemaRow.name == name))
         if row is None:
             raise APIError.not_found("Schema not found", schemaName=name)
-        return parse_schema(row.definition)
+        return row.definition
 
     # -- reading back ------------------------------------------------------------------
 
     async def records(
         self, identity: Identity, session_id: str, *, start: int | None, end: int | None, limit: int
     ) -> Any:
-        """Stored records with ``start <= timestamp <= end`` (ms), in timestamp order, as NDJSON lines.
+        """Stored records with ``start <= timestamp <= end`` (µs), in timestamp order, as NDJSON lines.
 
         Raises:
             APIError: 404.
@@ -932,9 +925,44 @@ class IngestService:
                     heapq.heappush(heap, (stamp, i, counter, line))
 
 
+def _recovered_batch(seq: int, batch_id: str, first: int, lines: list[bytes]) -> Batch:
+    sha = hashlib.sha256
+    times = [_line_time(line) for line in lines] or [0]
+    digests = b"".join([sha(line).digest() for line in lines])
+    return Batch(seq, batch_id, first, lines, digests, min(times), max(times))
+
+
+def _take_bounds(bounds: list[list[int]], take: int) -> tuple[int, int]:
+    """The time range of the next ``take`` records, from the per-upload ranges (consumed)."""
+    low: int | None = None
+    high: int | None = None
+    while take > 0 and bounds:
+        count, first, last = bounds[0]
+        low = first if low is None else min(low, first)
+        high = last if high is None else max(high, last)
+        used = min(count, take)
+        take -= used
+        if used == count:
+            bounds.pop(0)
+        else:
+            bounds[0][0] = count - used
+    return low or 0, high or 0
+
+
+def _refusal(prepared: Prepared, batch_id: str, limit: int) -> APIError:
+    if prepared.too_many is not None:
+        return batch_too_large(limit, prepared.too_many)
+    if prepared.problems:
+        return invalid_data(batch_id, prepared.problems)
+    if prepared.field_name:
+        fields = [{"field": prepared.field_name, "message": prepared.error, "type": "value_error"}]
+        return APIError.invalid_argument(prepared.error or "Invalid upload", fields=fields)
+    return APIError.invalid_argument(prepared.error or "Invalid upload")
+
+
 def _line_time(line: bytes) -> int:
     try:
-        return timestamp_ms(orjson.loads(line).get("timestamp")) or 0
+        return timestamp_us(orjson.loads(line).get("timestamp")) or 0
     except (orjson.JSONDecodeError, AttributeError):
         return 0
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import binascii
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+
+import msgspec
 
 from sluicegate.errors import APIError
 
@@ -28,7 +30,7 @@ __all__ = [
     "check_media",
     "check_records",
     "parse_schema",
-    "timestamp_ms",
+    "timestamp_us",
 ]
 
 IMAGE_FORMATS = frozenset({"jpeg", "jpg", "png", "webp", "gif", "bmp", "raw"})
@@ -49,6 +51,7 @@ _TYPES = {
     "array": "array",
 }
 _MAX_VALUE_ECHO = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Invalid = dict[str, Any]
 
@@ -90,6 +93,12 @@ class Schema:
         return problems
 
 
+def _show(value: Any) -> str:
+    """A value for a message: its repr, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= _MAX_VALUE_ECHO else text[:_MAX_VALUE_ECHO] + "..."
+
+
 def _invalid(index: int, spec: Field, value: Any, message: str) -> Invalid:
     if isinstance(value, str) and len(value) > _MAX_VALUE_ECHO:
         value = value[:_MAX_VALUE_ECHO] + "..."
@@ -112,11 +121,11 @@ def _as_number(value: Any) -> float | None:
 def _check_number(spec: Field, value: Any) -> str | None:
     number = _as_number(value)
     if number is None or not math.isfinite(number) or (spec.type == "int" and not number.is_integer()):
-        return f"Cannot parse {value!r} as {spec.type}"
+        return f"Cannot parse {_show(value)} as {spec.type}"
     if spec.minimum is not None and number < spec.minimum:
-        return f"Value {value!r} is below the minimum {spec.minimum}"
+        return f"Value {_show(value)} is below the minimum {spec.minimum}"
     if spec.maximum is not None and number > spec.maximum:
-        return f"Value {value!r} is above the maximum {spec.maximum}"
+        return f"Value {_show(value)} is above the maximum {spec.maximum}"
     return None
 
 
@@ -125,20 +134,20 @@ def _check_value(spec: Field, value: Any) -> str | None:
     if kind in ("float", "int"):
         return _check_number(spec, value)
     if kind == "datetime":
-        return None if timestamp_ms(value) is not None else f"Cannot parse {value!r} as datetime"
+        return None if timestamp_us(value) is not None else f"Cannot parse {_show(value)} as datetime"
     if kind == "string":
         if not isinstance(value, str):
-            return f"Cannot parse {value!r} as string"
+            return f"Cannot parse {_show(value)} as string"
         if spec.minimum is not None and len(value) < spec.minimum:
             return f"String is shorter than {spec.minimum:g} characters"
         if spec.maximum is not None and len(value) > spec.maximum:
             return f"String is longer than {spec.maximum:g} characters"
         return None
     if kind == "boolean":
-        return None if isinstance(value, bool) else f"Cannot parse {value!r} as boolean"
+        return None if isinstance(value, bool) else f"Cannot parse {_show(value)} as boolean"
     if kind == "object":
-        return None if isinstance(value, dict) else f"Cannot parse {value!r} as object"
-    return None if isinstance(value, list) else f"Cannot parse {value!r} as array"
+        return None if isinstance(value, dict) else f"Cannot parse {_show(value)} as object"
+    return None if isinstance(value, list) else f"Cannot parse {_show(value)} as array"
 
 
 def parse_schema(definition: Any) -> Schema:
@@ -186,17 +195,29 @@ def parse_schema(definition: Any) -> Schema:
     return Schema(str(name), str(version), tuple(fields))
 
 
-def timestamp_ms(value: Any) -> int | None:
-    """Milliseconds since the epoch of an ISO-8601 timestamp (``Z`` or an offset), or ``None``."""
-    if not isinstance(value, str) or len(value) > 40:
+def timestamp_us(value: Any) -> int | None:
+    """Microseconds since the epoch of an RFC 3339 timestamp (``Z`` or an offset; none is UTC), or ``None``.
+
+    Parsed by msgspec, as uploads are, so that what an upload accepts is read back at its time.
+    """
+    if not isinstance(value, str) or len(value) > 64:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
+        parsed = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        try:  # a bare date is midnight
+            day = msgspec.convert(value, date)
+        except msgspec.ValidationError:
+            return None
+        parsed = datetime(day.year, day.month, day.day, tzinfo=UTC)
     if parsed.tzinfo is None:  # naive times are read as UTC
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    return _epoch_us(parsed)
+
+
+def _epoch_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def check_records(records: list[Any]) -> tuple[list[int], list[Invalid]]:
@@ -205,18 +226,18 @@ def check_records(records: list[Any]) -> tuple[list[int], list[Invalid]]:
     problems: list[Invalid] = []
     for index, record in enumerate(records):
         stamp = record.get("timestamp") if isinstance(record, dict) else None
-        millis = timestamp_ms(stamp)
-        if millis is None:
+        micros = timestamp_us(stamp)
+        if micros is None:
             spec = Field("timestamp", "datetime", True, None, None)
             message = (
                 "Each record must be an object"
                 if not isinstance(record, dict)
-                else ("Field is required" if stamp is None else f"Cannot parse {stamp!r} as datetime")
+                else ("Field is required" if stamp is None else f"Cannot parse {_show(stamp)} as datetime")
             )
             problems.append(_invalid(index, spec, stamp, message))
             times.append(0)
         else:
-            times.append(millis)
+            times.append(micros)
     return times, problems
 
 
@@ -240,7 +261,7 @@ def check_media(
         kind = item.get("format")
         if not isinstance(kind, str) or kind.lower() not in formats:
             spec = Field("format", "string", True, None, None)
-            problems.append(_invalid(index, spec, kind, f"Unknown format {kind!r}; use one of {sorted(formats)}"))
+            problems.append(_invalid(index, spec, kind, f"Unknown format {_show(kind)}; use one of {sorted(formats)}"))
         number = item.get(number_field)
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             spec = Field(number_field, "int", True, None, None)
