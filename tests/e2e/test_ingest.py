@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
-import msgspec
 import orjson
 import pytest
 from moto.server import ThreadedMotoServer
@@ -43,12 +42,16 @@ SECRET = "ingest-e2e-secret-" + "k" * 40
 API = "/api/streaming"
 BUCKET = "ingest-segments"
 BASE = datetime(2025, 1, 20, 10, 30, tzinfo=UTC)
-CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
+def canonical(record: Any) -> bytes:
+    """A record's canonical bytes: its JSON as sent, without whitespace (the tests send orjson's)."""
+    return orjson.dumps(record)
 
 
 def canonical_size(records: list[Any]) -> int:
     """dataReceivedBytes counts the records' canonical bytes, one line each."""
-    return sum(len(CANONICAL.encode(record)) + 1 for record in records)
+    return sum(len(canonical(record)) + 1 for record in records)
 
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -106,7 +109,7 @@ def reading(ms: int, temperature: float = 70.0, humidity: float = 40.0) -> dict[
 
 def final_hash(records: list[dict[str, Any]]) -> str:
     """What the seed's ``finalHash`` must be: SHA-256 over each record's SHA-256, in upload order."""
-    digests = b"".join(hashlib.sha256(CANONICAL.encode(record)).digest() for record in records)
+    digests = b"".join(hashlib.sha256(canonical(record)).digest() for record in records)
     return hashlib.sha256(digests).hexdigest()
 
 

@@ -103,7 +103,8 @@ class Batch:
     seq: int
     batch_id: str
     first_index: int
-    lines: list[bytes]  # canonical records, without their newline
+    data: bytes  # canonical records, one per line
+    count: int
     digests: bytes  # 32 bytes per record
     min_ts: int
     max_ts: int
@@ -112,6 +113,28 @@ class Batch:
     last_error: str | None = None
     failed_at: datetime | None = None
     task: asyncio.Task[None] | None = None
+    has_row: bool = False  # whether the database holds a row for it already
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Consecutive records (one upload's, or part of one): lines, digests and time range."""
+
+    data: bytes
+    count: int
+    digests: bytes
+    min_ts: int
+    max_ts: int
+
+    def split(self, take: int) -> tuple[Chunk, Chunk]:
+        """The first ``take`` records, and the rest (time ranges stay the chunk's: a superset)."""
+        cut = 0
+        for _ in range(take):
+            cut = self.data.index(b"\n", cut) + 1
+        return (
+            Chunk(self.data[:cut], take, self.digests[: 32 * take], self.min_ts, self.max_ts),
+            Chunk(self.data[cut:], self.count - take, self.digests[32 * take :], self.min_ts, self.max_ts),
+        )
 
 
 @dataclass(eq=False)
@@ -143,9 +166,8 @@ class LiveSession:
     processing_ms_total: float = 0.0
     next_index: int = 0  # index of the next record to join the queue
     next_seq: int = 1
-    open_lines: list[bytes] = field(default_factory=list)
-    open_digests: bytes = b""
-    open_bounds: list[list[int]] = field(default_factory=list)  # [count, min_ts, max_ts] per upload, in order
+    open_chunks: list[Chunk] = field(default_factory=list)  # durable records not in a batch yet, in order
+    open_count: int = 0
     batches: dict[int, Batch] = field(default_factory=dict)  # not processed yet (queued ... dead)
     parked: dict[int, Prepared] = field(default_factory=dict)
     delay_timer: asyncio.Task[None] | None = None
@@ -177,10 +199,9 @@ class LiveSession:
         return f"ingest/t{self.tenant}/{self.id}/{seq:06d}"
 
 
-def _atomize(lines: list[bytes], digests: bytes, level: int) -> tuple[str, bytes]:
+def _atomize(data: bytes, digests: bytes, level: int) -> tuple[str, bytes]:
     """The batch's digest (over its atoms' digests) and its zstd segment."""
-    segment = zstandard.ZstdCompressor(level=level).compress(b"\n".join(lines) + b"\n")
-    return hashlib.sha256(digests).hexdigest(), segment
+    return hashlib.sha256(digests).hexdigest(), zstandard.ZstdCompressor(level=level).compress(data)
 
 
 def _rehash(segment: bytes) -> bytes:
@@ -206,6 +227,8 @@ class IngestService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._rows: list[tuple[LiveSession, Batch, BatchState, dict[str, Any], asyncio.Future[None]]] = []
+        self._row_writer: asyncio.Task[None] | None = None
 
     # -- life --------------------------------------------------------------------------
 
@@ -366,7 +389,7 @@ class IngestService:
                 covered[i] = True
             if batch_row.state != BatchState.PROCESSED:  # dead, or put back in the queue by hand
                 kept = _recovered_batch(batch_row.seq, batch_row.batch_id, batch_row.first_index, lines[lo:hi])
-                kept.attempts, kept.last_error = batch_row.attempts, batch_row.last_error
+                kept.attempts, kept.last_error, kept.has_row = batch_row.attempts, batch_row.last_error, True
                 if batch_row.state == BatchState.DEAD:
                     kept.state, kept.failed_at = BatchState.DEAD, batch_row.finished_at
                 session.batches[batch_row.seq] = kept
@@ -596,9 +619,8 @@ class IngestService:
         session.parked[start] = prepared
         while session.next_index in session.parked:
             ready = session.parked.pop(session.next_index)
-            session.open_lines.extend(ready.lines.split(b"\n")[:-1])
-            session.open_digests += ready.digests
-            session.open_bounds.append([ready.count, ready.min_ts, ready.max_ts])
+            session.open_chunks.append(Chunk(ready.lines, ready.count, ready.digests, ready.min_ts, ready.max_ts))
+            session.open_count += ready.count
             session.next_index += ready.count
         self._cut(session)
 
@@ -607,19 +629,21 @@ class IngestService:
     def _cut(self, session: LiveSession, *, force: bool = False) -> None:
         """Cut full batches; with ``force``, the remainder too; else arm the delay timer."""
         size = int(session.config.get("batchSize", 1000))
-        while len(session.open_lines) >= size or (force and session.open_lines):
-            take = min(size, len(session.open_lines))
-            lines, session.open_lines = session.open_lines[:take], session.open_lines[take:]
-            digests, session.open_digests = session.open_digests[: 32 * take], session.open_digests[32 * take :]
-            low, high = _take_bounds(session.open_bounds, take)
-            first = session.next_index - len(session.open_lines) - take
+        while session.open_count >= size or (force and session.open_count):
+            take = min(size, session.open_count)
+            first = session.next_index - session.open_count
+            parts = _take(session.open_chunks, take)
+            session.open_count -= take
             seq = session.next_seq
             session.next_seq += 1
-            batch = Batch(seq, session.batch_id(seq), first, lines, digests, low, high)
+            data = parts[0].data if len(parts) == 1 else b"".join([p.data for p in parts])
+            digests = parts[0].digests if len(parts) == 1 else b"".join([p.digests for p in parts])
+            low, high = min(p.min_ts for p in parts), max(p.max_ts for p in parts)
+            batch = Batch(seq, session.batch_id(seq), first, data, take, digests, low, high)
             session.batches[seq] = batch
             session.batches_cut += 1
             self._start_batch(session, batch, announce=True)
-        if session.open_lines and session.delay_timer is None:
+        if session.open_count and session.delay_timer is None:
             session.delay_timer = asyncio.create_task(self._delay_cut(session))
 
     async def _delay_cut(self, session: LiveSession) -> None:
@@ -635,7 +659,7 @@ class IngestService:
 
     async def _run_batch(self, session: LiveSession, batch: Batch, announce: bool) -> None:
         if announce:
-            await self._emit(session, "batch-received", batchId=batch.batch_id, recordCount=len(batch.lines))
+            await self._emit(session, "batch-received", batchId=batch.batch_id, recordCount=batch.count)
         delay = int(session.config.get("retryDelayMs", 1000)) / 1000
         multiplier = float(session.config.get("retryBackoffMultiplier", 2.0))
         retries = int(session.config.get("maxRetries", 3))
@@ -668,40 +692,68 @@ class IngestService:
         await self._after_batch(session)
 
     async def _write_row(self, session: LiveSession, batch: Batch, state: BatchState, **values: Any) -> None:
-        """Insert or update the batch's row (best effort for failures: the database may be what is down)."""
+        """Insert or update the batch's row (best effort for failures: the database may be what is down).
+
+        Rows of concurrent batches share one transaction (a group commit, as the spool does).
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.append((session, batch, state, values, future))
+        if self._row_writer is None:
+            self._row_writer = asyncio.create_task(self._write_rows())
         try:
-            async with self.store.session() as db:
-                row = await db.scalar(
-                    select(BatchRow).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
-                )
-                if row is None:
-                    row = BatchRow(
-                        batch_id=batch.batch_id,
-                        session_id=session.id,
-                        tenant=session.tenant,
-                        seq=batch.seq,
-                        first_index=batch.first_index,
-                        record_count=len(batch.lines),
-                        created_at=self.clock.now(),
-                    )
-                    db.add(row)
-                row.state = state.value
-                row.attempts = batch.attempts
-                row.last_error = batch.last_error
-                row.min_ts, row.max_ts = batch.min_ts, batch.max_ts
-                for name, value in values.items():
-                    setattr(row, name, value)
+            await future
         except APIError as exc:
             if state == BatchState.PROCESSED:
                 raise
             log.warning("could not record batch %s: %s", batch.batch_id, exc.message)
+
+    async def _write_rows(self) -> None:
+        try:
+            while self._rows:
+                pending, self._rows = self._rows, []
+                try:
+                    async with self.store.session() as db:
+                        for session, batch, state, values, _ in pending:
+                            row = None
+                            if batch.has_row:
+                                row = await db.scalar(
+                                    select(BatchRow).where(BatchRow.session_id == session.id, BatchRow.seq == batch.seq)
+                                )
+                            if row is None:
+                                row = BatchRow(
+                                    batch_id=batch.batch_id,
+                                    session_id=session.id,
+                                    tenant=session.tenant,
+                                    seq=batch.seq,
+                                    first_index=batch.first_index,
+                                    record_count=batch.count,
+                                    created_at=self.clock.now(),
+                                )
+                                db.add(row)
+                            row.state = state.value
+                            row.attempts = batch.attempts
+                            row.last_error = batch.last_error
+                            row.min_ts, row.max_ts = batch.min_ts, batch.max_ts
+                            for name, value in values.items():
+                                setattr(row, name, value)
+                except APIError as exc:
+                    for *_, future in pending:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, batch, *_, future in pending:
+                    batch.has_row = True
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._row_writer = None
 
     async def _process(self, session: LiveSession, batch: Batch) -> str | None:
         """Store and index one batch; returns the error, or ``None`` on success."""
         started = self.clock.monotonic()
         key = session.key(batch.seq) + ".jsonl.zst"
         try:
-            digest, segment = await asyncio.to_thread(_atomize, batch.lines, batch.digests, 3)
+            digest, segment = await asyncio.to_thread(_atomize, batch.data, batch.digests, 3)
             await self.objects.put(key, segment)
             elapsed_ms = (self.clock.monotonic() - started) * 1000
             await self._write_row(
@@ -719,14 +771,14 @@ class IngestService:
         session.batches.pop(batch.seq, None)
         batch.state = BatchState.PROCESSED
         session.batches_processed += 1
-        session.atoms_created += len(batch.lines)
+        session.atoms_created += batch.count
         session.processing_ms_total += elapsed_ms
         session.last_activity_at = self.clock.now()
         await self._emit(
             session,
             "batch-processed",
             batchId=batch.batch_id,
-            atomsCreated=len(batch.lines),
+            atomsCreated=batch.count,
             processingTimeMs=round(elapsed_ms, 3),
         )
         await self._emit(
@@ -748,7 +800,7 @@ class IngestService:
     async def _compact(self, session: LiveSession) -> None:
         """Empty the spool once every record in it is stored."""
         spool = session.spool
-        if session.batches or session.open_lines or session.parked or spool.busy or not spool.active_points:
+        if session.batches or session.open_count or session.parked or spool.busy or not spool.active_points:
             return
         session.bytes_base += spool.active_bytes
         await spool.reset_active()
@@ -767,7 +819,7 @@ class IngestService:
     async def _finish(self, session: LiveSession) -> None:
         await session.spool.drain()
         self._cut(session, force=True)
-        if any(b.state != BatchState.DEAD for b in session.batches.values()) or session.open_lines:
+        if any(b.state != BatchState.DEAD for b in session.batches.values()) or session.open_count:
             return  # the last batch to finish calls again
         now = self.clock.now()
         dead = [b.batch_id for b in session.batches.values()]
@@ -820,7 +872,7 @@ class IngestService:
                         {
                             "batchId": batch.batch_id,
                             "sessionId": session.id,
-                            "recordCount": len(batch.lines),
+                            "recordCount": batch.count,
                             "attempts": batch.attempts,
                             "lastError": batch.last_error,
                             "failedAt": iso(batch.failed_at) if batch.failed_at else None,
@@ -929,24 +981,23 @@ def _recovered_batch(seq: int, batch_id: str, first: int, lines: list[bytes]) ->
     sha = hashlib.sha256
     times = [_line_time(line) for line in lines] or [0]
     digests = b"".join([sha(line).digest() for line in lines])
-    return Batch(seq, batch_id, first, lines, digests, min(times), max(times))
+    data = b"".join([line + b"\n" for line in lines])
+    return Batch(seq, batch_id, first, data, len(lines), digests, min(times), max(times))
 
 
-def _take_bounds(bounds: list[list[int]], take: int) -> tuple[int, int]:
-    """The time range of the next ``take`` records, from the per-upload ranges (consumed)."""
-    low: int | None = None
-    high: int | None = None
-    while take > 0 and bounds:
-        count, first, last = bounds[0]
-        low = first if low is None else min(low, first)
-        high = last if high is None else max(high, last)
-        used = min(count, take)
-        take -= used
-        if used == count:
-            bounds.pop(0)
+def _take(chunks: list[Chunk], take: int) -> list[Chunk]:
+    """Remove the first ``take`` records from ``chunks``, splitting one if needed."""
+    parts: list[Chunk] = []
+    while take > 0:
+        chunk = chunks[0]
+        if chunk.count <= take:
+            parts.append(chunks.pop(0))
+            take -= chunk.count
         else:
-            bounds[0][0] = count - used
-    return low or 0, high or 0
+            head, chunks[0] = chunk.split(take)
+            parts.append(head)
+            take = 0
+    return parts
 
 
 def _refusal(prepared: Prepared, batch_id: str, limit: int) -> APIError:
