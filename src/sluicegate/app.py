@@ -24,12 +24,14 @@ from sluicegate.engines.store import Store, default_database_url
 from sluicegate.errors import APIError, ErrCode, invalid_fields
 from sluicegate.observability.metrics import Metrics, MetricsMiddleware
 from sluicegate.observability.streams import StreamTelemetry
+from sluicegate.providers.llm import registry_from_settings
 from sluicegate.responses import json_response
 from sluicegate.security import routes as auth_routes
 from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, TokenService, load_or_create_secret
 from sluicegate.security.ratelimit import RateLimiter
 from sluicegate.services.challenges import ChallengeService
 from sluicegate.services.channels import ChannelService
+from sluicegate.services.generate import GenerateRoutes, GenerateService
 from sluicegate.services.ingest import IngestConfig, IngestRoutes, IngestService
 from sluicegate.services.races import RaceConfig, RaceRoutes, RaceService
 from sluicegate.settings import Settings
@@ -281,8 +283,16 @@ def create_app(
         ),
     )
     ingest_routes = IngestRoutes(ingest)
+    llm = registry_from_settings(settings)
+    generate = GenerateService(
+        llm,
+        metrics,
+        clock,
+        max_prompt_chars=settings.llm_max_prompt_chars,
+        max_output_tokens=settings.llm_max_output_tokens,
+    )
     # Opened in this order, closed in reverse: services after the engines they use.
-    engines: list[Engine] = [store, broker, objects, races, ingest]
+    engines: list[Engine] = [store, broker, objects, races, ingest, llm]
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
     tokens = TokenService(secret, clock=clock)
     gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
@@ -339,6 +349,7 @@ def create_app(
     app.state.objects = objects
     app.state.races = races
     app.state.ingest = ingest
+    app.state.llm = llm
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
@@ -351,11 +362,17 @@ def create_app(
     app.include_router(challenges.router)
     app.include_router(race_routes.router)
     app.include_router(ingest_routes.router)
+    generate_routes = GenerateRoutes(
+        generate, limiter=limiter, clock=clock, heartbeat=settings.sse_heartbeat_seconds or None
+    )
+    app.include_router(generate_routes.router)
     app.add_hot_route(race_routes.ingest)
     for router in routers:
         app.include_router(router)
     endpoints = _mount_streams(
-        app, [channels.streams, challenges.streams, ingest_routes.streams, *streams], stream_config
+        app,
+        [channels.streams, challenges.streams, ingest_routes.streams, generate_routes.streams, *streams],
+        stream_config,
     )
 
     def openapi() -> dict[str, Any]:

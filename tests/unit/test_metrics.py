@@ -47,7 +47,7 @@ def _types(exposition: bytes) -> dict[str, str]:
 
 def test_fifth_seed_series_have_exactly_its_names() -> None:
     metrics = Metrics(namespace="amrikyy")
-    metrics.chunks_sent.inc()
+    metrics.chunks_sent.labels(agent="").inc()
     exposition = metrics.exposition().decode()
     samples = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{| )", exposition, flags=re.MULTILINE))
     for name in (
@@ -61,7 +61,7 @@ def test_fifth_seed_series_have_exactly_its_names() -> None:
         "amrikyy_stream_duration_seconds_bucket",
     ):
         assert name in samples, name
-    assert "amrikyy_stream_chunks_sent_total 1.0" in exposition
+    assert 'amrikyy_stream_chunks_sent_total{agent=""} 1.0' in exposition
 
 
 def test_fifth_seed_series_have_the_right_types() -> None:
@@ -89,27 +89,27 @@ def test_default_namespace_is_sluicegate() -> None:
 
 def test_two_instances_do_not_clash() -> None:
     first, second = Metrics(namespace="amrikyy"), Metrics(namespace="amrikyy")
-    first.chunks_sent.inc(5)
-    assert _sample(first, "amrikyy_stream_chunks_sent_total") == 5
-    assert _sample(second, "amrikyy_stream_chunks_sent_total") == 0
+    first.chunks_sent.labels(agent="").inc(5)
+    assert _sample(first, "amrikyy_stream_chunks_sent_total", agent="") == 5
+    assert _sample(second, "amrikyy_stream_chunks_sent_total", agent="") == 0
     assert first.registry is not second.registry
 
 
 def test_stream_duration_is_a_histogram_with_buckets() -> None:
     metrics = Metrics(namespace="amrikyy")
-    metrics.stream_duration.observe(0.3)
-    metrics.stream_duration.observe(20)
-    assert _sample(metrics, "amrikyy_stream_duration_seconds_count") == 2
-    assert _sample(metrics, "amrikyy_stream_duration_seconds_bucket", le="0.5") == 1
-    assert _sample(metrics, "amrikyy_stream_duration_seconds_bucket", le="30.0") == 2
+    metrics.stream_duration.labels(agent="").observe(0.3)
+    metrics.stream_duration.labels(agent="").observe(20)
+    assert _sample(metrics, "amrikyy_stream_duration_seconds_count", agent="") == 2
+    assert _sample(metrics, "amrikyy_stream_duration_seconds_bucket", agent="", le="0.5") == 1
+    assert _sample(metrics, "amrikyy_stream_duration_seconds_bucket", agent="", le="30.0") == 2
 
 
 async def test_endpoint_serves_the_exposition() -> None:
     metrics = Metrics(namespace="amrikyy")
-    metrics.sessions_completed.inc()
+    metrics.sessions_completed.labels(agent="").inc()
     response = await metrics.endpoint(None)  # type: ignore[arg-type]  # the request is not used
     assert response.media_type is not None and response.media_type.startswith("text/plain")
-    assert b"amrikyy_stream_sessions_completed_total 1.0" in bytes(response.body)
+    assert b'amrikyy_stream_sessions_completed_total{agent=""} 1.0' in bytes(response.body)
 
 
 # --- StreamTelemetry -----------------------------------------------------------------------------

@@ -115,27 +115,50 @@ class Metrics:
         self.race_archive_failures = Counter(
             "race_archive_failures", "Failed race archive attempts (retried).", namespace=ns, registry=reg
         )
-        # The fifth seed's series (generation streams).
-        self.chunks_sent = Counter("stream_chunks_sent", "Generated chunks sent.", namespace=ns, registry=reg)
+        # The fifth seed's series (generation streams), labelled by the request's `agent`
+        # ("" when none was given; see GenerateService for the cap on distinct agents).
+        agent = ["agent"]
+        self.chunks_sent = Counter("stream_chunks_sent", "Generated chunks sent.", agent, namespace=ns, registry=reg)
         self.sessions_completed = Counter(
-            "stream_sessions_completed", "Generation streams completed.", namespace=ns, registry=reg
+            "stream_sessions_completed", "Generation streams completed.", agent, namespace=ns, registry=reg
         )
         self.sessions_failed = Counter(
-            "stream_sessions_failed", "Generation streams failed.", namespace=ns, registry=reg
+            "stream_sessions_failed", "Generation streams failed.", agent, namespace=ns, registry=reg
         )
         self.sessions_cancelled = Counter(
-            "stream_sessions_cancelled", "Generation streams cancelled by the client.", namespace=ns, registry=reg
+            "stream_sessions_cancelled",
+            "Generation streams cancelled (the client went away or sent cancel).",
+            agent,
+            namespace=ns,
+            registry=reg,
         )
         self.active_streams = Gauge(
-            "active_streams", "Generation streams in progress.", namespace=ns, registry=reg, multiprocess_mode="livesum"
+            "active_streams",
+            "Generation streams in progress.",
+            agent,
+            namespace=ns,
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.stream_duration = Histogram(
             "stream_duration_seconds",
             "Duration of generation streams.",
+            agent,
             namespace=ns,
             registry=reg,
             buckets=_DURATION_BUCKETS,
         )
+        self.stream_tokens = Counter(
+            "stream_tokens",
+            "Tokens of generation streams, cut ones included, by type (prompt or completion).",
+            ["agent", "type"],
+            namespace=ns,
+            registry=reg,
+        )
+        for series in (self.chunks_sent, self.sessions_completed, self.sessions_failed, self.sessions_cancelled):
+            series.labels("")  # exported at 0 before the first generation
+        self.active_streams.labels("")
+        self.stream_duration.labels("")
 
     def exposition(self) -> bytes:
         """The text exposition of every metric (all workers' in multiprocess mode)."""

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
 from sluicegate.errors import APIError
-from sluicegate.responses import json_response
+from sluicegate.responses import json_response, read_body
 from sluicegate.security.deps import AnyIdentity, rate_limited
 from sluicegate.services.ingest.models import BatchState, EndRequest, IngestSessionRow, SessionState, StartRequest
 from sluicegate.services.ingest.service import IngestService, LiveSession, iso
@@ -282,7 +282,7 @@ class IngestRoutes:
         @router.post("/sessions/{sessionId}/upload", summary="Upload records, frames or buffers")
         async def upload(sessionId: str, request: Request, identity: AnyIdentity) -> Response:
             """Answered once the records are durable; they are batched and processed after."""
-            body = await _read_body(request, service.config.max_body_bytes)
+            body = await read_body(request, service.config.max_body_bytes)
             result = await service.upload(identity, sessionId, body)
             return json_response(result)
 
@@ -425,17 +425,3 @@ def _is_last(message: BrokerMessage) -> bool:
             "session-cancelled",
         )
     return bool(final)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError.payload_too_large(f"The body is over the limit of {limit} bytes", limit=limit)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError.payload_too_large(f"The body is over the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -1,0 +1,1 @@
+"""Providers: what Sluicegate calls out to (language models today)."""
