@@ -10,6 +10,12 @@ JSON line.
 
     .venv/bin/python bench/sse_fanout.py                   # channel and baselines, N = 100 and 1000
     .venv/bin/python bench/sse_fanout.py --impl channel --subscribers 1000
+    .venv/bin/python bench/sse_fanout.py --broker redis://127.0.0.1:6379/0 --nodes 2
+
+With ``--broker`` the servers use that broker (in a namespace of the run's own, removed
+afterwards) and only the channel implementation is measured; with ``--nodes 2`` two
+servers share it, the subscribers are split between them and the publisher writes to
+the first (then nothing is pinned: two servers and the client share two CPUs).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.brokers import drop  # noqa: E402 -- removes the run's broker namespace
 from tests.server import start_server  # noqa: E402 -- the same launcher the tests use
 
 IMPLS = ("channel", "starlette", "sse-starlette", "fastapi-sse")
@@ -118,20 +125,32 @@ async def _publish(
                 await asyncio.sleep(0.0002)
                 slowest = min(s.deliveries for s in subs)
             await ws.send(orjson.dumps({"t": time.time_ns(), "seq": seq, "pad": pad}).decode())
+        # Stay connected until every subscriber has everything: messages the server has
+        # received but not yet published (not acknowledged) go with the connection.
+        await asyncio.wait([s.done for s in subs], timeout=300)
         draining.cancel()
 
 
+async def _subscribers(nodes: list[tuple[str, int]], impl: str) -> int:
+    total = 0
+    for host, port in nodes:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=60) as client:
+            total += (await client.get("/bench/subscribers", params={"impl": impl})).json()["subscribers"]
+    return total
+
+
 async def measure(
-    host: str, port: int, impl: str, n: int, messages: int, size: int, window: int, rate: float | None = None
+    nodes: list[tuple[str, int]], impl: str, n: int, messages: int, size: int, window: int, rate: float | None = None
 ) -> dict[str, object]:
     events_path, publish_path = _paths(impl)
     loop = asyncio.get_running_loop()
-    subs = [Subscriber(events_path, host, messages) for _ in range(n)]
-    for sub in subs:
+    subs = [Subscriber(events_path, nodes[i % len(nodes)][0], messages) for i in range(n)]
+    for i, sub in enumerate(subs):
+        host, port = nodes[i % len(nodes)]
         await loop.create_connection(lambda sub=sub: sub, host, port)  # type: ignore[misc]
-    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=60) as client:
-        while (await client.get("/bench/subscribers", params={"impl": impl})).json()["subscribers"] < n:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+    while await _subscribers(nodes, impl) < n:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    host, port = nodes[0]
     publisher = asyncio.create_task(_publish(host, port, publish_path, subs, messages, size, window, rate))
     await asyncio.wait([s.done for s in subs], timeout=300)
     publisher.cancel()
@@ -154,25 +173,37 @@ async def measure(
     }
 
 
+def _namespaced(url: str) -> str:
+    """The broker URL in a namespace of this run's own."""
+    tag = os.urandom(4).hex()
+    if url.startswith("redis") and "prefix=" not in url:
+        return f"{url}{'&' if '?' in url else '?'}prefix=bench-{tag}"
+    if url.startswith("nats") and "stream=" not in url:
+        return f"{url}{'&' if '?' in url else '?'}stream=BENCH_{tag.upper()}"
+    return url
+
+
 def _run(data_dir: Path, args: argparse.Namespace, cpus: list[int]) -> list[dict[str, object]]:
-    env = {"SLUICEGATE_API_KEYS": f"{KEY}:user", "SLUICEGATE_LOG_LEVEL": "info"}
-    server = start_server("bench.fanout_app:create_app", data_dir, env)
+    env = {"SLUICEGATE_API_KEYS": f"{KEY}:user", "SLUICEGATE_LOG_LEVEL": "info", "SLUICEGATE_BROKER_URL": args.broker}
+    servers = [start_server("bench.fanout_app:create_app", data_dir / f"node{i}", env) for i in range(args.nodes)]
     try:
-        if len(cpus) >= 2:
-            os.sched_setaffinity(server.process.pid, {cpus[0]})
+        if len(cpus) >= 2 and len(servers) == 1:
+            os.sched_setaffinity(servers[0].process.pid, {cpus[0]})
             os.sched_setaffinity(0, {cpus[1]})
+        nodes = [(server.host, server.port) for server in servers]
         results = []
         for impl in args.impl.split(","):
             for n in (int(x) for x in args.subscribers.split(",")):
                 messages = max(1, args.deliveries // n)
-                results.append(uvloop.run(measure(server.host, server.port, impl, n, messages, args.size, args.window)))
+                results.append(uvloop.run(measure(nodes, impl, n, messages, args.size, args.window)))
                 if args.latency_rate:  # latency at a fixed, moderate load
                     rate = args.latency_rate / n
                     count = max(50, int(rate * args.latency_seconds))
-                    results.append(uvloop.run(measure(server.host, server.port, impl, n, count, args.size, 1000, rate)))
+                    results.append(uvloop.run(measure(nodes, impl, n, count, args.size, 1000, rate)))
         return results
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 def main() -> None:
@@ -186,17 +217,30 @@ def main() -> None:
         "--latency-rate", type=float, default=50_000, help="deliveries/s offered in the latency run (0 skips it)"
     )
     parser.add_argument("--latency-seconds", type=float, default=3.0, help="length of the latency run")
+    parser.add_argument("--broker", default="memory://", help="SLUICEGATE_BROKER_URL of the servers")
+    parser.add_argument("--nodes", type=int, default=1, help="servers sharing the broker (2 needs a shared broker)")
     args = parser.parse_args()
+    if args.nodes > 1 and args.broker.startswith("memory"):
+        parser.error("--nodes 2 needs a shared broker: --broker redis://... or nats://...")
+    if not args.broker.startswith("memory"):
+        args.broker = _namespaced(args.broker)
+        if args.impl == ",".join(DEFAULT_IMPLS):
+            args.impl = "channel"  # the baselines do not use a broker
 
     cpus = sorted(os.sched_getaffinity(0))
-    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as data_dir:
-        results = _run(Path(data_dir), args, cpus)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as data_dir:
+            results = _run(Path(data_dir), args, cpus)
+    finally:
+        asyncio.run(drop(args.broker))
     print(
         orjson.dumps(
             {
                 "bench": "sse_fanout",
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                "server_pinned_to_one_cpu": len(cpus) >= 2,
+                "server_pinned_to_one_cpu": len(cpus) >= 2 and args.nodes == 1,
+                "broker": args.broker.partition("?")[0],
+                "nodes": args.nodes,
                 "message_bytes": args.size,
                 "window": args.window,
                 "results": results,

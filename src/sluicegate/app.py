@@ -28,7 +28,7 @@ from sluicegate.providers.llm import registry_from_settings
 from sluicegate.responses import json_response
 from sluicegate.security import routes as auth_routes
 from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, TokenService, load_or_create_secret
-from sluicegate.security.ratelimit import RateLimiter
+from sluicegate.security.ratelimit import RateLimitEngine, RateLimiter
 from sluicegate.services.challenges import ChallengeService
 from sluicegate.services.channels import ChannelService
 from sluicegate.services.generate import GenerateRoutes, GenerateService
@@ -184,7 +184,7 @@ def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: Stream
     return endpoints
 
 
-def _health_router(engines: list[Engine], limiter: RateLimiter, metrics: Metrics) -> APIRouter:
+def _health_router(engines: list[Engine], metrics: Metrics) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="Liveness: the process is up")
@@ -194,8 +194,7 @@ def _health_router(engines: list[Engine], limiter: RateLimiter, metrics: Metrics
     @router.get("/readyz", summary="Readiness: every engine is reachable")
     async def readyz() -> Response:
         results: dict[str, str] = {}
-        checks = [(engine.name, engine.check) for engine in engines] + [("rate_limits", limiter.check_storage)]
-        for name, check in checks:
+        for name, check in [(engine.name, engine.check) for engine in engines]:
             try:
                 async with asyncio.timeout(2.0):
                     await check()
@@ -292,11 +291,13 @@ def create_app(
         max_output_tokens=settings.llm_max_output_tokens,
     )
     # Opened in this order, closed in reverse: services after the engines they use.
-    engines: list[Engine] = [store, broker, objects, races, ingest, llm]
+    limiter = RateLimiter.from_settings(settings, on_reject=lambda group: metrics.rate_limited.labels(group).inc())
+    if not settings.broker_url.startswith("memory") and not limiter.shared:
+        log.warning("rate limits are counted by each node alone: set SLUICEGATE_REDIS_URL so that nodes share them")
+    engines: list[Engine] = [store, broker, RateLimitEngine(limiter), objects, races, ingest, llm]
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
     tokens = TokenService(secret, clock=clock)
     gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
-    limiter = RateLimiter.from_settings(settings, on_reject=lambda group: metrics.rate_limited.labels(group).inc())
     stream_config = StreamConfig(
         heartbeat_interval=settings.sse_heartbeat_seconds or None,
         retry_ms=settings.sse_retry_ms,
@@ -356,7 +357,7 @@ def create_app(
     app.add_middleware(ErrorBoundary)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    app.include_router(_health_router(engines, limiter, metrics))
+    app.include_router(_health_router(engines, metrics))
     app.include_router(auth_routes.router)
     app.include_router(channels.router)
     app.include_router(challenges.router)

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     )
     rate_limit_generate: str = Field("100/15 minutes", description="Generation requests per user API key.")
     rate_limit_generate_admin: str = Field("1000/15 minutes", description="Generation requests per admin API key.")
+    rate_limit_key_prefix: str = Field(
+        "sluicegate-limits", min_length=1, description="Namespace of the rate-limit counters in a shared Redis."
+    )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Proxies (IPs and CIDRs) whose X-Forwarded-For is believed when finding the client IP.",

@@ -208,8 +208,8 @@ class Harness:
 
 
 @pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    store = Store("sqlite+aiosqlite:///" + str(tmp_path / "db.sqlite"))
+async def h(tmp_path: Path, database_url: str) -> AsyncIterator[Harness]:
+    store = Store(database_url)
     await store.open()
     clock = ManualClock(start=datetime.now(UTC))
     broker = broker_from_url("memory://", history_size=1000, history_seconds=3600, pending_limit=1000, clock=clock)

@@ -105,8 +105,8 @@ class Harness:
 
 
 @pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    store = Store("sqlite+aiosqlite:///" + str(tmp_path / "db.sqlite"))
+async def h(tmp_path: Path, database_url: str) -> AsyncIterator[Harness]:
+    store = Store(database_url)
     await store.open()
     harness = Harness(tmp_path, store, object_store_from_url(f"file://{tmp_path / 'objects'}"))
     try:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 from limits import parse
 
 from sluicegate.errors import APIError
 from sluicegate.security.identity import Identity
 from sluicegate.security.ratelimit import RateLimiter, RateLimitGroup, RateLimitResult, client_ip
 from sluicegate.settings import Settings
+from tests.brokers import REDIS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from sluicegate.security.ratelimit import Network
 
@@ -48,8 +51,42 @@ def _identity(tenant: int = 1, key_id: str | None = "k1", role: str = "user", su
     return Identity(subject, tenant, role, frozenset(), "api_key", key_id)  # type: ignore[arg-type]
 
 
-def _limiter(**settings: Any) -> RateLimiter:
-    return RateLimiter.from_settings(Settings(**settings))
+#: Where the counters live in this test: memory, or Redis under a prefix of the test's own.
+_STORAGE: dict[str, str] = {}
+#: Limiters made by this test, closed after it.
+_MADE: list[RateLimiter] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_limiters() -> AsyncIterator[None]:
+    yield
+    while _MADE:
+        await _MADE.pop().close()
+
+
+@pytest.fixture(autouse=True, params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every limiter test runs on memory and on the machine's Redis (as several nodes share it)."""
+    kind: str = request.param
+    _STORAGE.clear()
+    if kind == "redis":
+        _STORAGE.update(redis_url=REDIS, key_prefix=f"sgtest-limits-{secrets.token_hex(4)}")
+    yield kind
+    if kind == "redis":
+        with redis.Redis.from_url(REDIS) as client:
+            keys = list(client.scan_iter(match=f"{_STORAGE['key_prefix']}*"))
+            if keys:
+                client.delete(*keys)
+
+
+def _limiter(on_reject: Callable[[str], None] | None = None, **settings: Any) -> RateLimiter:
+    prefix = _STORAGE.get("key_prefix", "sluicegate-limits")
+    if "redis_url" in _STORAGE:
+        settings.setdefault("redis_url", _STORAGE["redis_url"])
+    limiter = RateLimiter.from_settings(Settings(**settings), key_prefix=prefix, on_reject=on_reject)
+    assert limiter.shared == ("redis_url" in _STORAGE)
+    _MADE.append(limiter)
+    return limiter
 
 
 async def _refusal(limiter: RateLimiter, group: str, scope: dict[str, Any], identity: Identity | None) -> APIError:
@@ -313,11 +350,26 @@ async def test_groups_count_separately() -> None:
 # --- on_reject, custom groups and reset ----------------------------------------------------------
 
 
+async def test_two_nodes_share_one_count_on_redis(storage: str) -> None:
+    node_a, node_b = (_limiter(rate_limit_tenant="2/minute") for _ in range(2))
+    await node_a.check("tenant", _scope(), _identity())
+    await node_b.check("tenant", _scope(), _identity())
+    if storage == "redis":
+        assert (await _refusal(node_a, "tenant", _scope(), _identity())).status == 429
+        assert (await _refusal(node_b, "tenant", _scope(), _identity())).status == 429
+    else:  # one process's memory: each node counts alone
+        assert await node_a.check("tenant", _scope(), _identity()) is not None
+
+
+def test_a_redis_broker_also_holds_the_counts() -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0?prefix=mine")
+    assert RateLimiter.from_settings(settings).shared
+    assert not RateLimiter.from_settings(Settings(broker_url="nats://127.0.0.1:4222")).shared
+
+
 async def test_on_reject_is_called_with_the_group_name() -> None:
     rejected: list[str] = []
-    limiter = RateLimiter.from_settings(
-        Settings(rate_limit_streaming_ip="1/minute", rate_limit_tenant="1/minute"), on_reject=rejected.append
-    )
+    limiter = _limiter(rate_limit_streaming_ip="1/minute", rate_limit_tenant="1/minute", on_reject=rejected.append)
     await limiter.check("streaming_ip", _scope(), None)
     await limiter.check("tenant", _scope(), _identity())
     assert rejected == []
@@ -349,3 +401,10 @@ async def test_reset_forgets_counts() -> None:
 
 async def test_memory_storage_is_ready() -> None:
     await _limiter().check_storage()
+
+
+async def test_closing_the_limiter_releases_its_connections() -> None:
+    limiter = _limiter(rate_limit_tenant="5/minute")
+    await limiter.check("tenant", _scope(), _identity())
+    await limiter.close()
+    await limiter.close()  # twice is fine

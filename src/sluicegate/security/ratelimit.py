@@ -14,8 +14,9 @@ group              counted per          429 body (the calling route's seed)
                    have their own tier) ``message``
 =================  ===================  ============================================
 
-Storage is in memory, or Redis when ``SLUICEGATE_REDIS_URL`` is set, so several
-nodes share one count. Every limited response carries ``X-RateLimit-Limit``,
+Storage is in memory on a single node, and on Redis when ``SLUICEGATE_REDIS_URL`` is
+set or the broker is on Redis (``SLUICEGATE_BROKER_URL=redis://...``, its server is
+reused), so that several nodes share one count. Every limited response carries ``X-RateLimit-Limit``,
 ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (Unix seconds); a 429 adds
 ``Retry-After`` (seconds).
 """
@@ -26,8 +27,10 @@ import ipaddress
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
+from urllib.parse import urlsplit, urlunsplit
 
+import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from sluicegate.security.identity import Identity
     from sluicegate.settings import Settings
 
-__all__ = ["RateLimitGroup", "RateLimitResult", "RateLimiter", "client_ip"]
+__all__ = ["RateLimitEngine", "RateLimitGroup", "RateLimitResult", "RateLimiter", "client_ip", "shared_redis_url"]
 
 KeyKind = Literal["tenant", "ip", "api_key"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,6 +79,17 @@ def client_ip(scope: Scope, trusted_proxies: list[Network]) -> str:
         if address and not _in(address, trusted_proxies):
             return address
     return forwarded[0] if forwarded and forwarded[0] else str(peer)
+
+
+def shared_redis_url(settings: Settings) -> str | None:
+    """The Redis that holds shared state: ``SLUICEGATE_REDIS_URL``, else the broker's
+    Redis (without the broker's own query parameters), else none."""
+    if settings.redis_url:
+        return settings.redis_url
+    parts = urlsplit(settings.broker_url)
+    if parts.scheme in ("redis", "rediss"):
+        return urlunsplit(parts._replace(query=""))
+    return None
 
 
 def _window(item: RateLimitItem) -> str:
@@ -154,6 +168,7 @@ class RateLimiter:
         whitelist: IPs and CIDRs that bypass ``ip``-keyed groups.
         trusted_proxies: proxies whose ``X-Forwarded-For`` is believed.
         on_reject: called with the group name of every refused request (metrics).
+        key_prefix: namespace of the counters in a shared storage.
     """
 
     def __init__(
@@ -164,9 +179,16 @@ class RateLimiter:
         whitelist: Iterable[str] = (),
         trusted_proxies: Iterable[str] = (),
         on_reject: Callable[[str], None] | None = None,
+        key_prefix: str = "sluicegate-limits",
     ) -> None:
         self.groups = {group.name: group for group in groups}
-        options = {"implementation": "redispy"} if "redis" in storage_uri else {}
+        self.shared = "redis" in storage_uri
+        self._pool: aioredis.ConnectionPool | None = None
+        options: dict[str, Any] = {}
+        if self.shared:
+            # A pool of our own, so that closing the limiter closes its connections.
+            self._pool = aioredis.ConnectionPool.from_url(storage_uri.removeprefix("async+"))
+            options = {"implementation": "redispy", "key_prefix": key_prefix, "connection_pool": self._pool}
         self._storage = cast("AsyncStorage", storage_from_string(storage_uri, **options))
         self._strategy = MovingWindowRateLimiter(self._storage)
         self._whitelist = _networks(whitelist)
@@ -174,7 +196,13 @@ class RateLimiter:
         self._on_reject = on_reject
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, on_reject: Callable[[str], None] | None = None) -> RateLimiter:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        on_reject: Callable[[str], None] | None = None,
+        key_prefix: str | None = None,
+    ) -> RateLimiter:
         """The three groups of the seeds, configured from settings."""
         groups = [
             RateLimitGroup("tenant", "tenant", parse(settings.rate_limit_tenant), None, _tenant_refusal),
@@ -188,14 +216,16 @@ class RateLimiter:
             ),
         ]
         uri = "async+memory://"
-        if settings.redis_url:
-            uri = "async+" + settings.redis_url
+        shared = shared_redis_url(settings)
+        if shared:
+            uri = "async+" + shared
         return cls(
             groups,
             storage_uri=uri,
             whitelist=settings.rate_limit_whitelist,
             trusted_proxies=settings.trusted_proxies,
             on_reject=on_reject,
+            key_prefix=key_prefix or settings.rate_limit_key_prefix,
         )
 
     async def check(self, group_name: str, scope: Scope, identity: Identity | None) -> RateLimitResult | None:
@@ -236,6 +266,11 @@ class RateLimiter:
             raise error
         return result
 
+    async def close(self) -> None:
+        """Close the shared storage's connections."""
+        if self._pool is not None:
+            await self._pool.aclose()
+
     async def check_storage(self) -> None:
         """Raise if the storage is unreachable (readiness)."""
         if not await self._storage.check():
@@ -244,3 +279,21 @@ class RateLimiter:
     async def reset(self) -> None:
         """Forget every count (tests and operators)."""
         await self._storage.reset()
+
+
+class RateLimitEngine:
+    """A limiter's storage as an engine: checked in ``/readyz``, closed at shutdown."""
+
+    name = "rate_limits"
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    async def open(self) -> None:
+        """Nothing to do: the storage connects on first use."""
+
+    async def close(self) -> None:
+        await self.limiter.close()
+
+    async def check(self) -> None:
+        await self.limiter.check_storage()

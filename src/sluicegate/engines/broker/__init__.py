@@ -12,7 +12,11 @@ plain function that queues a message and returns ``False`` when the subscriber i
 gone or full, which ends the subscription. That keeps the publisher's cost one
 function call per local subscriber, whatever the subscribers do.
 
-Implementations, chosen by ``SLUICEGATE_BROKER_URL``: ``memory://`` (this package).
+Implementations, chosen by ``SLUICEGATE_BROKER_URL``: ``memory://`` (one process),
+``redis://`` (Redis Streams) and ``nats://`` (NATS JetStream). The shared ones deliver
+through one reader per channel per node (:mod:`sluicegate.engines.broker.fanout`), so
+their live delivery is asynchronous: a subscriber sees a message shortly after
+``publish`` returns, in order, rather than during it.
 """
 
 from __future__ import annotations
@@ -207,4 +211,18 @@ def broker_from_url(url: str, *, history_size: int, history_seconds: float, pend
         return MemoryBroker(
             history_size=history_size, history_seconds=history_seconds, pending_limit=pending_limit, clock=clock
         )
-    raise ConfigurationError(f"SLUICEGATE_BROKER_URL has an unsupported scheme {scheme!r}; use memory://")
+    if scheme in ("redis", "rediss"):
+        from sluicegate.engines.broker.redis_streams import RedisBroker
+
+        return RedisBroker(
+            url, history_size=history_size, history_seconds=history_seconds, pending_limit=pending_limit, clock=clock
+        )
+    if scheme == "nats":
+        from sluicegate.engines.broker.jetstream import JetStreamBroker
+
+        return JetStreamBroker(
+            url, history_size=history_size, history_seconds=history_seconds, pending_limit=pending_limit, clock=clock
+        )
+    raise ConfigurationError(
+        f"SLUICEGATE_BROKER_URL has an unsupported scheme {scheme!r}; use memory://, redis:// or nats://"
+    )

@@ -2,8 +2,9 @@
 
 ``SLUICEGATE_DATABASE_URL`` picks the database: SQLite through aiosqlite by default
 (``sqlite+aiosqlite:///<data dir>/sluicegate.db``), PostgreSQL through asyncpg.
-Services declare their tables on :class:`Base`; the store creates what is missing
-when it opens.
+Services declare their tables on :class:`Base`; the schema itself is made by the
+Alembic migrations shipped in ``migrations/``, which the store applies when it opens
+(:mod:`sluicegate.engines.store.migrate`; ``docs/database.md`` says how to add one).
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives
 a ``kill -9`` of the server (it is in the WAL, handed to the OS), which is what an
@@ -60,7 +61,8 @@ def default_database_url(data_dir: Path) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+    # The busy timeout first: switching to WAL waits for a process that holds the write lock.
+    for pragma in ("busy_timeout=5000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -91,11 +93,16 @@ class Store:
         return self._engine
 
     async def open(self) -> None:
-        """Connect and create missing tables.
+        """Connect and migrate the schema to the newest revision.
 
         Raises:
-            ConfigurationError: the database cannot be reached or created.
+            ConfigurationError: the database cannot be reached or migrated, or a newer
+                version of Sluicegate migrated it.
         """
+        from alembic.util import CommandError
+
+        from sluicegate.engines.store.migrate import migrate
+
         if self.url.startswith("sqlite"):
             path = self.url.split(":///", 1)[1]
             if path and path != ":memory:":
@@ -104,11 +111,16 @@ class Store:
         if self.url.startswith("sqlite"):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
-            async with engine.begin() as connection:
-                await connection.run_sync(Base.metadata.create_all)
+            await migrate(engine)
         except (OSError, SQLAlchemyError) as exc:
             await engine.dispose()
             raise ConfigurationError(f"SLUICEGATE_DATABASE_URL: cannot open the database ({exc})") from None
+        except CommandError as exc:
+            await engine.dispose()
+            raise ConfigurationError(f"SLUICEGATE_DATABASE_URL: cannot migrate the database ({exc})") from exc
+        except BaseException:
+            await engine.dispose()
+            raise
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
