@@ -7,18 +7,17 @@ the servers on loopback, as two machines behind a load balancer would.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 from websockets.asyncio.client import connect
 
 from tests.brokers import REDIS, drop, fresh_url
 from tests.e2e.helpers import eventually, loads, read_events
+from tests.s3 import moto_s3
 from tests.server import UNIT, start_server
 
 if TYPE_CHECKING:
@@ -32,38 +31,15 @@ AUTH, ADMIN = {"X-API-Key": KEY}, {"X-API-Key": ADMIN_KEY}
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def s3_bucket() -> Iterator[str]:
     """A bucket on moto's S3 server on loopback, as an ``s3://`` objects URL."""
     import boto3
 
-    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    for name in saved:
-        os.environ.setdefault(name, "testing")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = f"two-nodes-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    try:
+    with moto_s3() as endpoint:
+        bucket = f"two-nodes-{secrets.token_hex(4)}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
         yield f"s3://{bucket}?endpoint={endpoint}&region=us-east-1"
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -11,7 +10,6 @@ from uuid import uuid4
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from sluicegate.engines.objects import (
     InvalidKey,
@@ -22,6 +20,7 @@ from sluicegate.engines.objects import (
     object_store_from_url,
 )
 from sluicegate.errors import ConfigurationError
+from tests.s3 import moto_s3
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -70,31 +69,11 @@ BAD_PREFIXES = [
 # -- servers and stores ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     """An S3 API on loopback for the whole module, with fake credentials in the environment."""
-    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    for name in saved:
-        os.environ.setdefault(name, "testing")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with moto_s3() as endpoint:
+        yield endpoint
 
 
 def _new_bucket(endpoint: str) -> Any:

@@ -11,6 +11,9 @@ what the reader delivers meanwhile as pending, and once it knows the last positi
 its backlog (:meth:`FanoutSubscription.set_backlog`) drops whatever is not newer.
 Each message carries an order key (a Redis stream id as a tuple, a JetStream
 sequence) so "newer" is a comparison, never a parse at delivery time.
+
+The memory broker uses :class:`FanoutSubscription` too, delivering during ``publish``
+with no floor (it takes the backlog and registers in one step, so there is no seam).
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ class FanoutSubscription:
         "_on_close",
         "_pending",
         "_pending_limit",
-        "_ready",
         "_sink",
     )
 
@@ -54,7 +56,6 @@ class FanoutSubscription:
         self._backlog: list[BrokerMessage] = []
         self._gap: Gap | None = None
         self._floor: Any = None  # order key of the last backlog message: skip what is not newer
-        self._ready = False  # set_backlog called: the floor is known
         self._pending: list[tuple[Any, BrokerMessage]] | None = []
         self._pending_limit = pending_limit
         self._sink: Sink | None = None
@@ -79,12 +80,12 @@ class FanoutSubscription:
         self._backlog = backlog
         self._gap = gap
         self._floor = floor
-        self._ready = True
         if self._pending and floor is not None:
             self._pending = [(key, message) for key, message in self._pending if key > floor]
 
     def deliver(self, key: Any, message: BrokerMessage) -> None:
-        if self._ready and self._floor is not None and key <= self._floor:
+        floor = self._floor
+        if floor is not None and key <= floor:
             return
         sink = self._sink
         if sink is not None:

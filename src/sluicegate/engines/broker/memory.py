@@ -15,22 +15,19 @@ the subscription in one step.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import logging
 import secrets
 from collections import deque
 from typing import TYPE_CHECKING
 
-from sluicegate.engines.broker import BrokerMessage, ChannelStats, Gap, History, Sink
+from sluicegate.engines.broker import BrokerMessage, ChannelStats, Gap, History
+from sluicegate.engines.broker.fanout import FanoutSubscription
 from sluicegate.errors import APIError
 
 if TYPE_CHECKING:
     from sluicegate.clock import Clock
 
 __all__ = ["MemoryBroker"]
-
-log = logging.getLogger("sluicegate.broker")
 
 
 class _Channel:
@@ -41,77 +38,7 @@ class _Channel:
         self.prefix = prefix
         self.log: deque[BrokerMessage] = deque(maxlen=history_size)
         self.seq = 0
-        self.subscriptions: dict[_Subscription, None] = {}
-
-
-class _Subscription:
-    """A subscriber of one channel on this node."""
-
-    __slots__ = ("_backlog", "_channel", "_closed", "_done", "_gap", "_pending", "_pending_limit", "_sink")
-
-    def __init__(self, channel: _Channel, backlog: list[BrokerMessage], gap: Gap | None, pending_limit: int) -> None:
-        self._channel = channel
-        self._backlog = backlog
-        self._gap = gap
-        self._pending: list[BrokerMessage] | None = []
-        self._pending_limit = pending_limit
-        self._sink: Sink | None = None
-        self._closed = False
-        self._done: asyncio.Event | None = None
-
-    @property
-    def gap(self) -> Gap | None:
-        return self._gap
-
-    @property
-    def backlog(self) -> list[BrokerMessage]:
-        return self._backlog
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def deliver(self, message: BrokerMessage) -> None:
-        sink = self._sink
-        if sink is not None:
-            try:
-                accepted = sink(message)
-            except Exception:  # a subscriber's bug must not reach the publisher or the others
-                log.exception("subscriber of %s failed; unsubscribing it", self._channel.name)
-                accepted = False
-            if not accepted:
-                self.close()
-        elif self._pending is not None:
-            self._pending.append(message)
-            if len(self._pending) > self._pending_limit:
-                self.close()  # it could not catch up
-
-    def start(self, sink: Sink) -> bool:
-        if self._closed:
-            return False
-        pending, self._pending = self._pending or [], None
-        for message in pending:
-            if not sink(message):
-                self.close()
-                return False
-        self._sink = sink
-        return True
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pending = None
-            self._sink = None
-            self._channel.subscriptions.pop(self, None)
-            if self._done is not None:
-                self._done.set()
-
-    async def wait_closed(self) -> None:
-        if self._closed:
-            return
-        if self._done is None:
-            self._done = asyncio.Event()
-        await self._done.wait()
+        self.subscriptions: dict[FanoutSubscription, None] = {}
 
 
 class MemoryBroker:
@@ -167,7 +94,7 @@ class MemoryBroker:
         ch.log.append(message)
         self._trim(ch)
         for subscription in list(ch.subscriptions):
-            subscription.deliver(message)
+            subscription.deliver(None, message)
         return message.position
 
     @staticmethod
@@ -200,10 +127,13 @@ class MemoryBroker:
         start = max(0, seq + 1 - oldest)
         return [log[i] for i in range(start, len(log))], gap
 
-    async def subscribe(self, channel: str, *, after: str | None = None, from_start: bool = False) -> _Subscription:
+    async def subscribe(
+        self, channel: str, *, after: str | None = None, from_start: bool = False
+    ) -> FanoutSubscription:
         ch = self._channel(channel)
         backlog, gap = self._after(ch, after) if after is not None or from_start else ([], None)
-        subscription = _Subscription(ch, backlog, gap, self._pending_limit)
+        subscription = FanoutSubscription(self._pending_limit, lambda s: ch.subscriptions.pop(s, None))
+        subscription.set_backlog(backlog, gap, None)  # delivered during publish: no seam to filter
         ch.subscriptions[subscription] = None
         return subscription
 
