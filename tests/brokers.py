@@ -6,12 +6,21 @@ are removed by :func:`drop` so that no test leaves anything behind on the server
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import nats
 import redis.asyncio as aioredis
 from nats.js.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from sluicegate.engines.broker import Broker
+
+B = TypeVar("B", bound="Broker")
 
 REDIS = "redis://127.0.0.1:6379/0"
 NATS = "nats://127.0.0.1:4222"
@@ -53,3 +62,16 @@ async def drop(url: str) -> None:
             pass
         finally:
             await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(make: Callable[[], B]) -> AsyncIterator[tuple[B, B]]:
+    """Two brokers made by ``make`` (on one shared server), open, as two gateway nodes."""
+    a, b = make(), make()
+    await a.open()
+    await b.open()  # the second node finds what the first made
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()

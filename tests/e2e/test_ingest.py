@@ -28,6 +28,7 @@ from websockets.exceptions import InvalidStatus
 from sluicegate.clock import ManualClock
 from sluicegate.security.identity import TokenService
 from tests.e2e.helpers import eventually, loads, read_events
+from tests.seeds import IOT_SENSORS_V1 as SEED_SCHEMA
 from tests.server import UNIT, start_server
 
 if TYPE_CHECKING:
@@ -68,16 +69,6 @@ SEED_RECORDS: list[dict[str, Any]] = [
     },
 ]
 
-#: The seed's schema example, exactly.
-SEED_SCHEMA: dict[str, Any] = {
-    "schemaName": "iot-sensors-v1",
-    "schemaVersion": "1.0.0",
-    "fields": [
-        {"name": "timestamp", "type": "datetime", "required": True},
-        {"name": "temperature", "type": "float", "required": True, "validation": {"min": -50.0, "max": 150.0}},
-        {"name": "humidity", "type": "float", "required": True, "validation": {"min": 0.0, "max": 100.0}},
-    ],
-}
 
 NOT_FOUND_SUGGESTIONS = [
     "Verify session ID is correct",

@@ -15,8 +15,8 @@ from sluicegate.engines.broker import Gap, broker_from_url
 from sluicegate.engines.broker import jetstream as module
 from sluicegate.engines.broker.jetstream import JetStreamBroker
 from sluicegate.errors import APIError, ConfigurationError, ErrCode
-from tests.brokers import NATS, drop, fresh_url
-from tests.unit.test_broker_contract import Collector, arrived, eventually
+from tests.brokers import NATS, drop, fresh_url, two_nodes
+from tests.unit.test_broker_contract import Collector, arrived, eventually, settle
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -53,17 +53,10 @@ async def js() -> AsyncIterator[JetStreamContext]:
 
 @pytest.fixture
 async def nodes(url: str, clock: ManualClock) -> AsyncIterator[Nodes]:
-    a, b = (
-        JetStreamBroker(url, history_size=100, history_seconds=HISTORY_SECONDS, pending_limit=1000, clock=clock)
-        for _ in range(2)
-    )
-    await a.open()
-    await b.open()  # the second node finds the stream already there
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
+    async with two_nodes(
+        lambda: JetStreamBroker(url, history_size=100, history_seconds=HISTORY_SECONDS, pending_limit=1000, clock=clock)
+    ) as pair:
+        yield pair
 
 
 async def consumers(js: JetStreamContext, url: str) -> int:
@@ -100,50 +93,6 @@ async def test_a_node_with_other_settings_updates_the_stream(
         info = await js.stream_info(stream_of(url))
         assert info.config.max_msgs_per_subject == size
         assert info.config.max_age == 120
-
-
-async def test_a_message_published_on_one_node_reaches_subscribers_on_the_other(nodes: Nodes) -> None:
-    a, b = nodes
-    sub = await b.subscribe("room")
-    sink = Collector()
-    assert sub.start(sink)
-    position = await a.publish("room", b"hello from a")
-    await arrived(sink, 1)
-    assert [(m.position, m.data) for m in sink.messages] == [(position, b"hello from a")]
-    sub.close()
-
-
-async def test_a_subscriber_moving_to_another_node_resumes_with_exactly_the_rest(nodes: Nodes) -> None:
-    a, b = nodes
-    on_a = await a.subscribe("room")
-    seen = Collector()
-    assert on_a.start(seen)
-    first = [await a.publish("room", f"m{i}".encode()) for i in range(3)]
-    await arrived(seen, 3)
-    on_a.close()  # the client disconnects from A ...
-    missed = [await b.publish("room", f"n{i}".encode()) for i in range(2)] + [await a.publish("room", b"n2")]
-    resumed = await b.subscribe("room", after=seen.messages[-1].position)  # ... and reconnects to B
-    assert resumed.gap is None
-    assert [m.position for m in resumed.backlog] == missed
-    later = Collector()
-    assert resumed.start(later)
-    live = await a.publish("room", b"live")
-    await arrived(later, 1)
-    await asyncio.sleep(0.1)
-    assert [m.position for m in later.messages] == [live]
-    assert len({*first, *missed, live}) == 7
-    resumed.close()
-
-
-async def test_concurrent_publishers_on_two_nodes_keep_an_unbroken_chain(nodes: Nodes) -> None:
-    a, b = nodes
-    positions = await asyncio.gather(*(node.publish("busy", f"{i}".encode()) for i in range(40) for node in (a, b)))
-    page = await a.history("busy", limit=100)
-    assert [m.position for m in page.messages] == sorted(positions, key=int)
-    for i, message in enumerate(page.messages):  # resuming after any of them: exactly the rest, no gap
-        rest = await b.history("busy", after=message.position, limit=100)
-        assert rest.gap is None
-        assert [m.position for m in rest.messages] == [m.position for m in page.messages[i + 1 :]]
 
 
 async def test_a_long_backlog_is_read_whole_and_in_order(nodes: Nodes) -> None:
@@ -242,7 +191,7 @@ async def test_a_reader_whose_consumer_vanished_resumes_without_loss(
         await js.delete_consumer(stream_of(url), info.name)
     rest = [await a.publish("c", f"m{i}".encode()) for i in range(3)]
     await arrived(sink, 4)
-    await asyncio.sleep(0.2)
+    await settle(b)
     assert [m.position for m in sink.messages] == [first, *rest]
     sub.close()
 
@@ -258,7 +207,7 @@ async def test_a_message_that_breaks_the_chain_is_still_delivered_once(
     foreign = await js.publish(a.subject("c"), b"from a plain client", headers={"Sg-Prev": "0"})
     again = await a.publish("c", b"two")
     await arrived(sink, 3)
-    await asyncio.sleep(0.1)
+    await settle(b)
     assert [m.position for m in sink.messages] == [first, str(foreign.seq), again]
     sub.close()
 

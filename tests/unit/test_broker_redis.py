@@ -13,80 +13,24 @@ import redis.asyncio as aioredis
 from sluicegate.clock import ManualClock
 from sluicegate.engines.broker.redis_streams import RedisBroker
 from sluicegate.errors import APIError, ConfigurationError, ErrCode
-from tests.brokers import REDIS, drop, fresh_url
+from tests.brokers import REDIS, drop, fresh_url, two_nodes
 from tests.unit.test_broker_contract import Collector, arrived
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
-def order(position: str) -> tuple[int, int]:
-    millis, _, seq = position.partition("-")
-    return int(millis), int(seq)
-
-
 @pytest.fixture
 async def nodes() -> AsyncIterator[tuple[RedisBroker, RedisBroker]]:
     url = fresh_url("redis")
     clock = ManualClock()
-    a, b = (RedisBroker(url, history_size=100, history_seconds=60, pending_limit=1000, clock=clock) for _ in range(2))
-    await a.open()
-    await b.open()
     try:
-        yield a, b
+        async with two_nodes(
+            lambda: RedisBroker(url, history_size=100, history_seconds=60, pending_limit=1000, clock=clock)
+        ) as pair:
+            yield pair
     finally:
-        await a.close()
-        await b.close()
         await drop(url)
-
-
-async def test_a_message_published_on_one_node_reaches_subscribers_on_the_other(
-    nodes: tuple[RedisBroker, RedisBroker],
-) -> None:
-    a, b = nodes
-    sub = await b.subscribe("room")
-    sink = Collector()
-    assert sub.start(sink)
-    position = await a.publish("room", b"hello from a")
-    await arrived(sink, 1)
-    assert [(m.position, m.data) for m in sink.messages] == [(position, b"hello from a")]
-    sub.close()
-
-
-async def test_a_subscriber_moving_to_another_node_resumes_without_loss(
-    nodes: tuple[RedisBroker, RedisBroker],
-) -> None:
-    a, b = nodes
-    on_a = await a.subscribe("room")
-    seen = Collector()
-    assert on_a.start(seen)
-    first = [await a.publish("room", f"m{i}".encode()) for i in range(3)]
-    await arrived(seen, 3)
-    on_a.close()  # the client disconnects from A ...
-    missed = [await b.publish("room", f"n{i}".encode()) for i in range(2)]
-    resumed = await b.subscribe("room", after=seen.messages[-1].position)  # ... and reconnects to B
-    assert resumed.gap is None
-    assert [m.position for m in resumed.backlog] == missed
-    later = Collector()
-    assert resumed.start(later)
-    live = await a.publish("room", b"live")
-    await arrived(later, 1)
-    assert [m.position for m in later.messages] == [live]
-    assert len({*first, *missed, live}) == 6
-    resumed.close()
-
-
-async def test_concurrent_publishers_on_two_nodes_keep_an_unbroken_chain(
-    nodes: tuple[RedisBroker, RedisBroker],
-) -> None:
-    a, b = nodes
-    positions = await asyncio.gather(*(node.publish("busy", f"{i}".encode()) for i in range(40) for node in (a, b)))
-    page = await a.history("busy", limit=100)
-    assert sorted(m.position for m in page.messages) == sorted(positions)
-    for message in page.messages[:-1]:  # resuming after any of them: the rest, no gap
-        rest = await b.history("busy", after=message.position, limit=100)
-        assert rest.gap is None
-        assert order(rest.messages[0].position) > order(message.position)
 
 
 async def test_one_reader_per_channel_per_node_whatever_the_subscribers(

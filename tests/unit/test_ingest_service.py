@@ -33,9 +33,11 @@ from sluicegate.services.ingest.models import (
     StartRequest,
 )
 from sluicegate.services.ingest.service import IngestConfig, IngestService, LiveSession
+from tests.seeds import IOT_SENSORS_V1
+from tests.waiting import until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable
     from pathlib import Path
 
     from sluicegate.engines.broker import Broker, Subscription
@@ -64,15 +66,6 @@ NOT_FOUND_DETAILS = {
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], bool], what: str = "the condition", tries: int = 300) -> None:
-    """Yield (10 ms at a time, bounded) until ``condition`` holds: thread work must finish."""
-    for _ in range(tries):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} never held")
 
 
 async def settle() -> None:
@@ -727,16 +720,6 @@ async def test_a_dead_batch_retried_by_hand_is_not_lost_by_a_restart(h: Harness)
 
 
 # -- schemas and timestamps ----------------------------------------------------------------
-
-IOT_SENSORS_V1: dict[str, Any] = {
-    "schemaName": "iot-sensors-v1",
-    "schemaVersion": "1.0.0",
-    "fields": [
-        {"name": "timestamp", "type": "datetime", "required": True},
-        {"name": "temperature", "type": "float", "required": True, "validation": {"min": -50.0, "max": 150.0}},
-        {"name": "humidity", "type": "float", "required": True, "validation": {"min": 0.0, "max": 100.0}},
-    ],
-}
 
 
 def reading(i: int, temperature: Any = 21.5) -> dict[str, Any]:

@@ -16,21 +16,11 @@ from sluicegate.services.ingest.validation import (
     parse_schema,
     timestamp_us,
 )
+from tests.seeds import IOT_SENSORS_V1
 
 #: 2026-01-01T00:00:00Z in microseconds.
 NEW_YEAR_US = 1_767_225_600_000_000
 STAMP = "2026-01-01T00:00:00Z"
-
-#: The seed's schema example.
-IOT_SENSORS_V1: dict[str, Any] = {
-    "schemaName": "iot-sensors-v1",
-    "schemaVersion": "1.0.0",
-    "fields": [
-        {"name": "timestamp", "type": "datetime", "required": True},
-        {"name": "temperature", "type": "float", "required": True, "validation": {"min": -50.0, "max": 150.0}},
-        {"name": "humidity", "type": "float", "required": True, "validation": {"min": 0.0, "max": 100.0}},
-    ],
-}
 
 
 def iot() -> Schema:

@@ -25,6 +25,7 @@ from sluicegate.observability.metrics import Metrics
 from sluicegate.security.identity import Identity
 from sluicegate.services.races.models import SessionIn, SessionState
 from sluicegate.services.races.service import RaceConfig, RaceService, point_line
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -35,15 +36,6 @@ OTHER = Identity(subject="o", tenant=2, role="admin", scopes=frozenset(), method
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], bool], what: str = "the condition", tries: int = 500) -> None:
-    """Yield (10 ms at a time, bounded) until ``condition`` holds: thread work must finish."""
-    for _ in range(tries):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} never held")
 
 
 def points(n: int, start: int = 0) -> list[bytes]:

@@ -25,9 +25,9 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
-    from sluicegate.engines.broker import BrokerMessage, Gap, Sink
+    from sluicegate.engines.broker import BrokerMessage, Gap, History, Sink
 
 __all__ = ["ChannelReader", "FanoutSubscription", "ReaderPool"]
 
@@ -212,6 +212,35 @@ class ReaderPool:
             reader = await self._start(channel)
         subscription = FanoutSubscription(pending_limit, reader.remove)
         reader.add(subscription)
+        return subscription
+
+    async def subscribe(
+        self,
+        channel: str,
+        pending_limit: int,
+        *,
+        after: str | None,
+        from_start: bool,
+        read: Callable[[], Awaitable[History]],
+        order: Callable[[str], Any],
+    ) -> FanoutSubscription:
+        """A subscription with its backlog, the seam made exact: register with the reader,
+        then ``read`` the backlog, then drop what the reader delivered meanwhile that the
+        backlog already holds (``order`` turns a position into its order key, and refuses
+        a malformed ``after`` before anything is registered)."""
+        floor = order(after) if after is not None else None
+        subscription = await self.register(channel, pending_limit)
+        try:
+            if after is None and not from_start:
+                subscription.set_backlog([], None, None)
+                return subscription
+            page = await read()
+        except BaseException:
+            subscription.close()
+            raise
+        if page.messages:
+            floor = order(page.messages[-1].position)
+        subscription.set_backlog(page.messages, page.gap, floor)
         return subscription
 
     async def _start(self, channel: str) -> ChannelReader:

@@ -567,21 +567,15 @@ class JetStreamBroker:
     async def subscribe(
         self, channel: str, *, after: str | None = None, from_start: bool = False
     ) -> FanoutSubscription:
-        floor = _parse(after) if after is not None else None
         with _translated():
-            subscription = await self._readers.register(channel, self._pending_limit)
-            try:
-                if after is None and not from_start:
-                    subscription.set_backlog([], None, None)
-                    return subscription
-                page = await self._page(channel, after, None)
-            except BaseException:
-                subscription.close()
-                raise
-        if page.messages:
-            floor = int(page.messages[-1].position)
-        subscription.set_backlog(page.messages, page.gap, floor)
-        return subscription
+            return await self._readers.subscribe(
+                channel,
+                self._pending_limit,
+                after=after,
+                from_start=from_start,
+                read=lambda: self._page(channel, after, None),
+                order=_parse,
+            )
 
     async def history(self, channel: str, *, after: str | None = None, limit: int = 100) -> History:
         with _translated():

@@ -22,6 +22,7 @@ many local subscribers a channel has. Both keys of a channel expire after
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from typing import TYPE_CHECKING, Any
@@ -276,26 +277,20 @@ class RedisBroker:
     async def subscribe(
         self, channel: str, *, after: str | None = None, from_start: bool = False
     ) -> FanoutSubscription:
-        floor = _parse(after) if after is not None else None
         with _translated():
-            subscription = await self._readers.register(channel, self._pending_limit)
-        try:
-            if after is None and not from_start:
-                subscription.set_backlog([], None, None)
-                return subscription
-            page = await self._after(channel, after)
-        except BaseException:
-            subscription.close()
-            raise
-        if page.messages:
-            floor = _parse(page.messages[-1].position)
-        subscription.set_backlog(page.messages, page.gap, floor)
-        return subscription
+            return await self._readers.subscribe(
+                channel,
+                self._pending_limit,
+                after=after,
+                from_start=from_start,
+                read=lambda: self._after(channel, after),
+                order=_parse,
+            )
 
     async def history(self, channel: str, *, after: str | None = None, limit: int = 100) -> History:
         return await self._after(channel, after, limit)
 
-    async def _stats(self, channel: str) -> ChannelStats:
+    async def stats(self, channel: str) -> ChannelStats:
         stream = self.stream_key(channel)
         with _translated():
             async with self.client.pipeline(transaction=False) as pipe:
@@ -303,9 +298,6 @@ class RedisBroker:
                 pipe.get(self.last_key(channel))
                 retained, last = await pipe.execute()
         return ChannelStats(channel, self._readers.subscribers(channel), last.decode() if last else None, retained)
-
-    async def stats(self, channel: str) -> ChannelStats:
-        return await self._stats(channel)
 
     async def channels(self, prefix: str = "") -> list[ChannelStats]:
         pattern = _glob_escape(f"{self.prefix}:ch:{{{prefix}") + "*"
@@ -316,5 +308,5 @@ class RedisBroker:
                 key = raw.decode()
                 if key.startswith(head) and key.endswith("}"):
                     names.add(key[len(head) : -1])
-        found = [await self._stats(name) for name in sorted(names)]
+        found = await asyncio.gather(*(self.stats(name) for name in sorted(names)))  # the pool bounds it
         return [s for s in found if s.retained or s.subscribers]

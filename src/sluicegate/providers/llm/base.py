@@ -65,6 +65,16 @@ class GenerationOptions:
     top_k: int | None = None
     max_output_tokens: int | None = None
 
+    def named(self, temperature: str, top_p: str, top_k: str, max_output_tokens: str) -> dict[str, float | int]:
+        """The options that are set, under a provider's own names (``None`` ones left out)."""
+        values = {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            max_output_tokens: self.max_output_tokens,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:

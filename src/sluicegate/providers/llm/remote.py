@@ -206,14 +206,7 @@ class OpenAICompatibleProvider(_HTTPProvider):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if options.temperature is not None:
-            body["temperature"] = options.temperature
-        if options.top_p is not None:
-            body["top_p"] = options.top_p
-        if options.top_k is not None:
-            body["top_k"] = options.top_k
-        if options.max_output_tokens is not None:
-            body["max_tokens"] = options.max_output_tokens
+        body.update(options.named("temperature", "top_p", "top_k", "max_tokens"))
         return body
 
     async def start(self, request: GenerationRequest) -> Generation:
@@ -287,15 +280,7 @@ class GeminiProvider(_HTTPProvider):
     def build_body(self, request: GenerationRequest) -> dict[str, Any]:
         """The ``GenerateContentRequest`` body for ``request``."""
         options = request.options
-        config: dict[str, Any] = {}
-        if options.temperature is not None:
-            config["temperature"] = options.temperature
-        if options.top_p is not None:
-            config["topP"] = options.top_p
-        if options.top_k is not None:
-            config["topK"] = options.top_k
-        if options.max_output_tokens is not None:
-            config["maxOutputTokens"] = options.max_output_tokens
+        config = options.named("temperature", "topP", "topK", "maxOutputTokens")
         body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": request.prompt}]}]}
         if config:
             body["generationConfig"] = config
