@@ -31,6 +31,7 @@ from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, Toke
 from sluicegate.security.ratelimit import RateLimitEngine, RateLimiter
 from sluicegate.services.challenges import ChallengeService
 from sluicegate.services.channels import ChannelService
+from sluicegate.services.forward import Forwarded, Forwarder
 from sluicegate.services.generate import GenerateRoutes, GenerateService
 from sluicegate.services.ingest import IngestConfig, IngestRoutes, IngestService
 from sluicegate.services.races import RaceConfig, RaceRoutes, RaceService
@@ -75,6 +76,11 @@ def _error_response(error: APIError) -> Response:
 async def _api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)  # noqa: S101 -- registered for APIError only
     return _error_response(exc)
+
+
+async def _forwarded_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Forwarded)  # noqa: S101 -- registered for Forwarded only
+    return exc.response
 
 
 async def _validation_handler(request: Request, exc: Exception) -> Response:
@@ -279,9 +285,12 @@ def create_app(
             session_ttl_seconds=settings.ingest_session_ttl_seconds,
             max_queued_records=settings.ingest_max_queued_records,
             workers=settings.ingest_workers,
+            node_url=settings.node_url,
         ),
     )
-    ingest_routes = IngestRoutes(ingest)
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
+    forwarder = Forwarder(secret.encode(), clock)
+    ingest_routes = IngestRoutes(ingest, forwarder if settings.node_url else None)
     llm = registry_from_settings(settings)
     generate = GenerateService(
         llm,
@@ -294,8 +303,7 @@ def create_app(
     limiter = RateLimiter.from_settings(settings, on_reject=lambda group: metrics.rate_limited.labels(group).inc())
     if not settings.broker_url.startswith("memory") and not limiter.shared:
         log.warning("rate limits are counted by each node alone: set SLUICEGATE_REDIS_URL so that nodes share them")
-    engines: list[Engine] = [store, broker, RateLimitEngine(limiter), objects, races, ingest, llm]
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
+    engines: list[Engine] = [store, broker, RateLimitEngine(limiter), objects, races, ingest, llm, forwarder]
     tokens = TokenService(secret, clock=clock)
     gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
     stream_config = StreamConfig(
@@ -344,6 +352,7 @@ def create_app(
     app.state.authenticator = gateway
     app.state.tokens = tokens
     app.state.rate_limiter = limiter
+    app.state.forwarder = forwarder
     app.state.metrics = metrics
     app.state.store = store
     app.state.broker = broker
@@ -352,6 +361,7 @@ def create_app(
     app.state.ingest = ingest
     app.state.llm = llm
     app.add_exception_handler(APIError, _api_error_handler)
+    app.add_exception_handler(Forwarded, _forwarded_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_middleware(ErrorBoundary)

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(20.0, gt=0, description="Close a WebSocket whose pong is this late.")
 
     broker_url: str = Field("memory://", description="The broker: memory://, redis://..., nats://...")
+    node_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#]+$",
+        description=(
+            "How the other nodes reach this one (http://10.0.0.5:8000), set on each node when several share "
+            "a database: a node forwards requests for an ingestion session to the node that holds it."
+        ),
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data dir>/sluicegate.db."
     )

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 
 from tests.brokers import REDIS, drop, fresh_url
 from tests.e2e.helpers import eventually, loads, read_events
-from tests.s3 import moto_s3
+from tests.s3 import free_port, moto_s3
 from tests.server import UNIT, start_server
 
 if TYPE_CHECKING:
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 
 KEY, ADMIN_KEY = "sk-two-nodes-user", "sk-two-nodes-admin"
 AUTH, ADMIN = {"X-API-Key": KEY}, {"X-API-Key": ADMIN_KEY}
+#: A tenant of its own for each ingestion test, so that each counts its own requests.
+INGESTER, SURVIVOR = {"X-API-Key": "sk-two-nodes-ingest"}, {"X-API-Key": "sk-two-nodes-survivor"}
+#: Requests a minute per tenant (each test's tenant stays under it, but for the one that tests it).
+TENANT_LIMIT = 12
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 
@@ -62,14 +67,21 @@ def postgres_url() -> Iterator[str]:
 
 
 class Cluster:
-    """Two nodes, A and B, on the same shared engines."""
+    """Two nodes, A and B, on the same shared engines, each on a port of its own that the
+    other reaches it at (``SLUICEGATE_NODE_URL``)."""
 
     def __init__(self, kind: str, env: dict[str, str], folder: Path) -> None:
         self.kind = kind
         self.env = env
         self.folder = folder
-        self.a = start_server(None, folder / "a", env)
-        self.b = start_server(None, folder / "b", env)
+        self.ports = {"a": free_port(), "b": free_port()}
+        self.a = self.start("a")
+        self.b = self.start("b")
+
+    def start(self, name: str) -> Server:
+        port = self.ports[name]
+        env = {**self.env, "SLUICEGATE_NODE_URL": f"http://127.0.0.1:{port}"}
+        return start_server(None, self.folder / name, env, args=("--port", str(port)))
 
     def stop(self) -> None:
         self.a.stop()
@@ -84,14 +96,16 @@ def cluster(
     broker = fresh_url(kind)
     limits = f"sgtest-limits-{secrets.token_hex(4)}"
     env = {
-        "SLUICEGATE_API_KEYS": f"{KEY}:user:1,{ADMIN_KEY}:admin:1",
+        "SLUICEGATE_API_KEYS": f"{KEY}:user:1,{ADMIN_KEY}:admin:1,"
+        "sk-two-nodes-ingest:user:2,sk-two-nodes-survivor:user:3",
+        "SLUICEGATE_JWT_SECRET": secrets.token_urlsafe(32),  # the same on every node
         "SLUICEGATE_BROKER_URL": broker,
         "SLUICEGATE_DATABASE_URL": postgres_url,
         "SLUICEGATE_OBJECT_STORE_URL": s3_bucket,
         # NATS deployments keep shared counters in Redis (docs/deployment.md).
         "SLUICEGATE_REDIS_URL": REDIS,
         "SLUICEGATE_RATE_LIMIT_KEY_PREFIX": limits,
-        "SLUICEGATE_RATE_LIMIT_TENANT": "6/minute",
+        "SLUICEGATE_RATE_LIMIT_TENANT": f"{TENANT_LIMIT}/minute",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }
@@ -191,14 +205,14 @@ def async_equals(client: httpx.AsyncClient, url: str, field: str, value: Any) ->
 
 
 async def test_the_tenant_limit_is_counted_across_both_nodes(cluster: Cluster) -> None:
-    # 6 requests a minute per tenant, wherever they land.
+    # TENANT_LIMIT requests a minute per tenant, wherever they land.
     statuses = []
-    for n in range(7):
+    for n in range(TENANT_LIMIT + 1):
         node = cluster.a if n % 2 else cluster.b
         async with httpx.AsyncClient(base_url=node.url, timeout=10 * UNIT) as client:
             response = await client.get("/api/streaming/dlq", headers=AUTH)
         statuses.append(response.status_code)
-    assert statuses == [200] * 6 + [429], statuses
+    assert statuses == [200] * TENANT_LIMIT + [429], statuses
 
 
 async def test_killing_node_a_loses_no_acknowledged_message(cluster: Cluster) -> None:
@@ -211,4 +225,72 @@ async def test_killing_node_a_loses_no_acknowledged_message(cluster: Cluster) ->
         page = (await client.get(f"/api/channels/{channel}/history", params={"limit": 100}, headers=AUTH)).json()
     assert [m["position"] for m in page["messages"]] == positions
     assert [m["data"]["n"] for m in page["messages"]] == list(range(20))
-    cluster.a = start_server(None, cluster.folder / "a", cluster.env)  # back for the next test
+    cluster.a = cluster.start("a")  # back for the next test
+
+
+# -- ingestion sessions: held by the node that started them, reachable through any ------------
+
+API = "/api/streaming"
+
+
+def readings(first: int, count: int) -> list[dict[str, Any]]:
+    return [
+        {"timestamp": f"2026-01-01T00:00:{n // 1000:02d}.{n % 1000:03d}Z", "values": {"n": n}}
+        for n in range(first, first + count)
+    ]
+
+
+async def test_a_session_started_on_a_takes_uploads_and_ends_through_b(cluster: Cluster) -> None:
+    # Every request here is tenant-limited: 11 or 12 of them, under TENANT_LIMIT (12) only if
+    # those B passes on to A (9 of them) count once.
+    async with (
+        httpx.AsyncClient(base_url=cluster.a.url, headers=INGESTER, timeout=10 * UNIT) as on_a,
+        httpx.AsyncClient(base_url=cluster.b.url, headers=INGESTER, timeout=10 * UNIT) as on_b,
+    ):
+        started = await on_a.post(f"{API}/sessions/start", json={"sessionType": "telemetry", "batchSize": 5})
+        assert started.status_code == 200, started.text
+        session_id, job_id = started.json()["sessionId"], started.json()["jobId"]
+        reading = asyncio.create_task(read_events(on_b, f"{API}/sessions/{session_id}/events", 5))
+        sent = readings(0, 10)
+        for part in (sent[:5], sent[5:]):
+            uploaded = await on_b.post(f"{API}/sessions/{session_id}/upload", json={"records": part})
+            assert uploaded.status_code == 200, uploaded.text
+            assert uploaded.json()["recordsReceived"] == 5
+        for _ in range(5):  # each is passed on to A: counted twice, these would pass the limit
+            status = (await on_b.get(f"{API}/sessions/{session_id}/status")).json()
+        ended = await on_b.post(f"{API}/sessions/{session_id}/end", json={"waitForCompletion": True})
+        job = (await on_b.get(f"{API}/jobs/{job_id}/status")).json()
+        records = await on_b.get(f"{API}/sessions/{session_id}/records")
+        events = await reading
+    assert status["statistics"]["totalRecordsReceived"] == 10
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "completed"
+    assert ended.json()["finalStatistics"]["totalAtomsCreated"] == 10
+    assert job["status"] == "completed"
+    assert [orjson.loads(line)["values"]["n"] for line in records.content.splitlines()] == list(range(10))
+    assert events[0].event == "session-started"  # streamed from B, held by A
+    assert {"batch-received", "batch-processed"} <= {e.event for e in events}
+
+
+async def test_killing_the_holder_loses_no_acknowledged_upload(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(base_url=cluster.b.url, headers=SURVIVOR, timeout=10 * UNIT) as on_b:
+        async with httpx.AsyncClient(base_url=cluster.a.url, headers=SURVIVOR, timeout=10 * UNIT) as on_a:
+            started = await on_a.post(
+                f"{API}/sessions/start", json={"sessionType": "telemetry", "batchSize": 1000, "maxBatchDelayMs": 60000}
+            )
+        session_id = started.json()["sessionId"]
+        sent = readings(0, 20)
+        uploaded = await on_b.post(f"{API}/sessions/{session_id}/upload", json={"records": sent})
+        assert uploaded.status_code == 200, uploaded.text  # acknowledged: durable on A
+        cluster.a.process.kill()  # kill -9 before A batched anything
+        cluster.a.process.wait()
+        cluster.a.stop()
+        unreachable = await on_b.post(f"{API}/sessions/{session_id}/upload", json={"records": readings(20, 1)})
+        cluster.a = cluster.start("a")  # A comes back at the same address and recovers its spool
+        ended = await on_b.post(f"{API}/sessions/{session_id}/end", json={"waitForCompletion": True})
+        records = await on_b.get(f"{API}/sessions/{session_id}/records")
+    assert unreachable.status_code == 503, unreachable.text
+    assert "retry" in unreachable.json()["error"]
+    assert ended.status_code == 200, ended.text
+    assert records.status_code == 200, records.text
+    assert [orjson.loads(line)["values"]["n"] for line in records.content.splitlines()] == list(range(20)), records.text

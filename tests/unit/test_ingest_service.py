@@ -855,3 +855,36 @@ async def test_activity_postpones_expiry(h: Harness) -> None:
     assert session.error is not None
     assert session.error["code"] == "SESSION_EXPIRED"
     assert session.atoms_created == 1
+
+
+# -- several nodes on one database ---------------------------------------------------------
+
+
+async def test_each_node_holds_the_sessions_it_started_and_names_the_holder_of_the_others(h: Harness) -> None:
+    def node(name: str) -> IngestService:
+        config = IngestConfig(spool_dir=h.tmp / name, fsync=False, node_url=f"http://{name}.internal:8000")
+        service = IngestService(h.store, h.objects, h.broker, h.clock, config)
+        h.services.append(service)
+        return service
+
+    node_a = node("a")
+    await node_a.open()
+    session, _ = await start(h, node_a, batchSize=100, maxBatchDelayMs=60_000)
+    await upload(node_a, session.id, records(3))
+    node_b = node("b")
+    await node_b.open()  # B starts after A's session: it must not take it (A's spool is on A)
+    assert session.id not in node_b.live
+    assert await node_b.holder(IDENT, session_id=session.id) == "http://a.internal:8000"
+    assert await node_b.holder(IDENT, job_id=session.job_id) == "http://a.internal:8000"
+    assert await node_a.holder(IDENT, session_id=session.id) is None  # A answers itself
+    assert await node_b.holder(OTHER, session_id=session.id) is None  # another tenant: B's own 404
+    assert await node_b.holder(IDENT, session_id="stream-session-unknown") is None
+
+    await node_a.close()
+    h.services.remove(node_a)
+    again = node("a")  # A restarts at the same address: it holds its session again
+    await again.open()
+    assert session.id in again.live
+    assert again.live[session.id].records_received == 3
+    await again.end(IDENT, session.id, wait=True, timeout_ms=5000)
+    assert await node_b.holder(IDENT, session_id=session.id) is None  # finished: any node answers

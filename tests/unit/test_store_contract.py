@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sluicegate.engines.store import Base, Store, _sqlite_pragmas
 from sluicegate.engines.store.migrate import (
+    BASELINE,
     BASELINE_TABLES,
     LOCK_KEY,
     TABLE_MODULES,
@@ -127,7 +128,9 @@ async def test_opening_twice_keeps_the_revision_and_the_data(database_url: str) 
 
 async def test_a_database_made_by_create_all_is_stamped_and_keeps_its_rows(database_url: str) -> None:
     def legacy(connection: Connection) -> None:
-        Base.metadata.create_all(connection)
+        # What create_all made before migrations: the first revision's tables, no alembic_version.
+        command.upgrade(alembic_config(connection), BASELINE)
+        connection.execute(text("DROP TABLE alembic_version"))
         connection.execute(insert(ChallengeRow).values(name="imola", status="ended", **at(T0)))
 
     await on(database_url, legacy)

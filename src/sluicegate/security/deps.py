@@ -86,12 +86,16 @@ def rate_limited(group: str) -> Callable[..., Awaitable[None]]:
     headers to the response, and refusing it with the group's 429 when over the limit.
 
     ``tenant`` needs an API key or bearer token and ``generate`` an API key (authenticated first,
-    so a missing credential is a 401, not a 429); ``streaming_ip`` needs nothing.
+    so a missing credential is a 401, not a 429); ``streaming_ip`` needs nothing. A request
+    another node forwarded (signed) is not counted again.
     """
     needs = _IDENTITY_FOR_GROUP.get(group)
 
     async def dependency(request: Request, response: Response) -> None:
         identity = await needs(request) if needs is not None else None
+        forwarder = getattr(request.app.state, "forwarder", None)
+        if forwarder is not None and forwarder.verified(request.scope):
+            return  # counted by the node that received it (services/forward.py)
         result = await request.app.state.rate_limiter.check(group, request.scope, identity)
         if result is not None:
             response.headers.update(result.headers())

@@ -93,6 +93,8 @@ class IngestSessionRow(Base):
     spool_base: Mapped[int] = mapped_column(BigInteger, default=0)
     final_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # SLUICEGATE_NODE_URL of the node holding the session's spool and batches (None: one node).
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class BatchRow(Base):

@@ -18,7 +18,15 @@ from starlette.responses import Response, StreamingResponse
 from sluicegate.errors import APIError
 from sluicegate.responses import json_response, read_body
 from sluicegate.security.deps import AnyIdentity, rate_limited
-from sluicegate.services.ingest.models import BatchState, EndRequest, IngestSessionRow, SessionState, StartRequest
+from sluicegate.services.forward import Forwarded, Forwarder
+from sluicegate.services.ingest.models import (
+    FINAL_STATES,
+    BatchState,
+    EndRequest,
+    IngestSessionRow,
+    SessionState,
+    StartRequest,
+)
 from sluicegate.services.ingest.service import IngestService, LiveSession, iso
 from sluicegate.services.ingest.validation import timestamp_us
 from sluicegate.services.relay import follow, memo_frame
@@ -78,8 +86,9 @@ def _ms(later: datetime | None, earlier: datetime) -> int:
 class IngestRoutes:
     """Routes and stream endpoints of the ingestion API."""
 
-    def __init__(self, service: IngestService) -> None:
+    def __init__(self, service: IngestService, forwarder: Forwarder | None = None) -> None:
         self.service = service
+        self.forwarder = forwarder
         limited = [Depends(rate_limited("tenant"))]
         self.router = APIRouter(prefix="/api/streaming", tags=["streaming"], dependencies=limited)
         self.streams = StreamRouter(prefix="/api/streaming", tags=("streaming",))
@@ -262,8 +271,23 @@ class IngestRoutes:
 
     # -- sessions ----------------------------------------------------------------------
 
+    def _held_here(self) -> list[Any]:
+        """A dependency that passes a request for a session another node holds on to that node."""
+        service, forwarder = self.service, self.forwarder
+
+        async def held_here(request: Request, identity: AnyIdentity) -> None:
+            if forwarder is None:
+                return
+            params = request.path_params
+            node = await service.holder(identity, session_id=params.get("sessionId"), job_id=params.get("jobId"))
+            if node is not None:
+                raise Forwarded(await forwarder.forward(request, node))
+
+        return [Depends(held_here)]
+
     def _sessions(self) -> None:
         router, service = self.router, self.service
+        held = self._held_here()
 
         @router.post("/sessions/start", summary="Start a streaming session")
         async def start_session(body: StartRequest, identity: AnyIdentity, request: Request) -> dict[str, Any]:
@@ -279,18 +303,18 @@ class IngestRoutes:
                 **_urls(request, session.id),
             }
 
-        @router.post("/sessions/{sessionId}/upload", summary="Upload records, frames or buffers")
+        @router.post("/sessions/{sessionId}/upload", summary="Upload records, frames or buffers", dependencies=held)
         async def upload(sessionId: str, request: Request, identity: AnyIdentity) -> Response:
             """Answered once the records are durable; they are batched and processed after."""
             body = await read_body(request, service.config.max_body_bytes)
             result = await service.upload(identity, sessionId, body)
             return json_response(result)
 
-        @router.get("/sessions/{sessionId}/status", summary="A session's status and statistics")
+        @router.get("/sessions/{sessionId}/status", summary="A session's status and statistics", dependencies=held)
         async def session_status(sessionId: str, identity: AnyIdentity) -> dict[str, Any]:
             return await self._status(await service.find(identity, sessionId))
 
-        @router.post("/sessions/{sessionId}/end", summary="End a session")
+        @router.post("/sessions/{sessionId}/end", summary="End a session", dependencies=held)
         async def end_session(sessionId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             """Stops uploads and finishes processing; with `waitForCompletion`, waits up to `timeoutMs`."""
             raw = await request.body()
@@ -300,11 +324,11 @@ class IngestRoutes:
             )
             return await self._ended(session)
 
-        @router.post("/sessions/{sessionId}/pause", summary="Pause a session (uploads are refused)")
+        @router.post("/sessions/{sessionId}/pause", summary="Pause a session (uploads are refused)", dependencies=held)
         async def pause_session(sessionId: str, identity: AnyIdentity) -> dict[str, Any]:
             return await self._status(await service.pause(identity, sessionId))
 
-        @router.post("/sessions/{sessionId}/resume", summary="Resume a paused session")
+        @router.post("/sessions/{sessionId}/resume", summary="Resume a paused session", dependencies=held)
         async def resume_session(sessionId: str, identity: AnyIdentity) -> dict[str, Any]:
             return await self._status(await service.resume(identity, sessionId))
 
@@ -330,12 +354,13 @@ class IngestRoutes:
 
     def _jobs(self) -> None:
         router, service = self.router, self.service
+        held = self._held_here()
 
-        @router.get("/jobs/{jobId}/status", summary="A job's status and progress")
+        @router.get("/jobs/{jobId}/status", summary="A job's status and progress", dependencies=held)
         async def job_status(jobId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             return await self._job(await service.find_job(identity, jobId), request)
 
-        @router.post("/jobs/{jobId}/cancel", summary="Cancel a job")
+        @router.post("/jobs/{jobId}/cancel", summary="Cancel a job", dependencies=held)
         async def cancel_job(jobId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             """Stops processing; what was stored stays and is reported as `partialResult`."""
             return await self._job(await service.cancel(identity, jobId), request)
@@ -375,7 +400,8 @@ class IngestRoutes:
             channel = f"ingest/t{found.tenant}/{found.id}"
             resume = stream.last_event_id
             subscription = await service.broker.subscribe(channel, after=resume, from_start=resume is None)
-            if isinstance(found, IngestSessionRow):  # finished: what history holds, then the end
+            if isinstance(found, IngestSessionRow) and SessionState(found.state) in FINAL_STATES:
+                # finished: what history holds, then the end
                 try:
                     for message in subscription.backlog:
                         await stream.send_frame(_sse_frame(message))
@@ -389,6 +415,11 @@ class IngestRoutes:
             """Events as `{"type": ...}` messages; send `{"type": "telemetry", "records": [...]}` to upload."""
             import asyncio
 
+            if await service.holder(stream.auth, session_id=handshake.sessionId) is not None:
+                raise APIError.failed_precondition(
+                    "This session is held by another node: upload over HTTP (any node passes it on), "
+                    "or follow its events at /events on any node"
+                )
             session = await service.live_session(stream.auth, handshake.sessionId)
             subscription = await service.broker.subscribe(session.channel, after=stream.last_event_id)
 

@@ -91,6 +91,7 @@ class IngestConfig:
     session_ttl_seconds: float = 86_400.0
     max_queued_records: int = 2_000_000
     workers: int = 0  # processes preparing large uploads; 0 prepares them in this process
+    node_url: str | None = None  # this node, as the others reach it (several nodes on one database)
 
 
 def iso(moment: datetime) -> str:
@@ -237,7 +238,13 @@ class IngestService:
         async with self.store.session() as db:
             rows = (
                 await db.scalars(
-                    select(IngestSessionRow).where(IngestSessionRow.state.not_in([s.value for s in FINAL_STATES]))
+                    select(IngestSessionRow).where(
+                        IngestSessionRow.state.not_in([s.value for s in FINAL_STATES]),
+                        # this node's own: another node's spool is on that node
+                        IngestSessionRow.owner.is_(None)
+                        if self.config.node_url is None
+                        else IngestSessionRow.owner == self.config.node_url,
+                    )
                 )
             ).all()
         for row in rows:
@@ -327,6 +334,7 @@ class IngestService:
             uploads_received=0,
             bytes_received=0,
             spool_base=0,
+            owner=self.config.node_url,
         )
         async with self.store.session() as db:
             db.add(row)
@@ -434,6 +442,19 @@ class IngestService:
         if row is None or row.tenant != identity.tenant:
             raise session_not_found(session_id)
         return row
+
+    async def holder(self, identity: Identity, session_id: str | None = None, job_id: str | None = None) -> str | None:
+        """The URL of the node that holds a session (by id or by job) when it is not this
+        one and the session is not finished; ``None`` when this node answers itself
+        (including for unknown ids, which it answers with a 404)."""
+        if session_id in self.live or job_id in self.by_job or self.config.node_url is None:
+            return None
+        condition = IngestSessionRow.id == session_id if session_id is not None else IngestSessionRow.job_id == job_id
+        async with self.store.session() as db:
+            row = await db.scalar(select(IngestSessionRow).where(condition))
+        if row is None or row.tenant != identity.tenant or SessionState(row.state) in FINAL_STATES:
+            return None
+        return row.owner if row.owner not in (None, self.config.node_url) else None
 
     async def find_job(self, identity: Identity, job_id: str) -> LiveSession | IngestSessionRow:
         """The session of a job.

@@ -1,0 +1,126 @@
+"""Forwarding a request to the node that holds its state (several nodes, one database).
+
+An ingestion session's spool and batches live on the node that started it (its
+*holder*, ``SLUICEGATE_NODE_URL``). Another node that receives a request for it passes
+the request on, as it came (method, path, query, body, credentials), and hands back the
+holder's answer. The client sees one service: any node takes any request.
+
+A forwarded request carries ``X-Sluicegate-Forwarded: <unix seconds>.<HMAC-SHA256>``,
+signed with the secret every node shares (the bearer-token secret) over the time, the
+method and the target. The holder skips the rate limit for it: the receiving node has
+already counted it, so it counts once. A signature older than a minute, or for another
+request, is ignored (the request is counted as any other).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING
+
+import aiohttp
+from starlette.responses import Response
+
+from sluicegate.errors import APIError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.types import Scope
+
+    from sluicegate.clock import Clock
+
+__all__ = ["FORWARDED_HEADER", "Forwarded", "Forwarder"]
+
+FORWARDED_HEADER = "x-sluicegate-forwarded"
+#: Seconds a signature stays valid (nodes' clocks may differ by that much).
+MAX_AGE_SECONDS = 60
+#: Request headers passed on: credentials and what describes the body.
+_PASSED = frozenset({"authorization", "x-api-key", "content-type", "accept", "user-agent"})
+#: Response headers handed back.
+_RETURNED = frozenset({"content-type", "retry-after"})
+
+
+class Forwarded(Exception):
+    """Raised by a dependency with the holder's answer, which the app sends as it is."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("forwarded")
+        self.response = response
+
+
+def _target(scope: Scope) -> str:
+    query = scope.get("query_string", b"")
+    path: str = scope["path"]
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+class Forwarder:
+    """Passes requests on to other nodes (an engine: its connection pool closes at shutdown).
+
+    Args:
+        secret: shared by every node; signs forwarded requests.
+        clock: the time source of signatures.
+        timeout: seconds a forwarded request may take in all.
+    """
+
+    name = "forwarder"
+
+    def __init__(self, secret: bytes, clock: Clock, *, timeout: float = 60.0) -> None:
+        self._secret = secret
+        self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Nothing to do: the pool is made on first use."""
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def check(self) -> None:
+        """Nothing to check: other nodes are checked by the load balancer."""
+
+    def _signature(self, stamp: int, method: str, target: str) -> str:
+        message = f"{stamp} {method} {target}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def sign(self, method: str, target: str) -> str:
+        """The header value for a request forwarded now."""
+        stamp = int(self._clock.now().timestamp())
+        return f"{stamp}.{self._signature(stamp, method, target)}"
+
+    def verified(self, scope: Scope) -> bool:
+        """Whether the request was forwarded by another node (a fresh, valid signature)."""
+        value = next((v for k, v in scope.get("headers", ()) if k == FORWARDED_HEADER.encode()), None)
+        if value is None:
+            return False
+        stamp_text, _, signature = value.decode("latin-1").partition(".")
+        if not stamp_text.isdigit():
+            return False
+        stamp = int(stamp_text)
+        if abs(self._clock.now().timestamp() - stamp) > MAX_AGE_SECONDS:
+            return False
+        expected = self._signature(stamp, scope["method"], _target(scope))
+        return hmac.compare_digest(expected, signature)
+
+    async def forward(self, request: Request, node: str) -> Response:
+        """Send ``request`` to ``node`` and return its answer.
+
+        Raises:
+            APIError: 503 when the node cannot be reached or does not answer in time.
+        """
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        target = _target(request.scope)
+        headers = {name: value for name, value in request.headers.items() if name in _PASSED}
+        headers[FORWARDED_HEADER] = self.sign(request.method, target)
+        body = await request.body()
+        try:
+            async with self._session.request(request.method, node + target, data=body, headers=headers) as answer:
+                content = await answer.read()
+                passed = {name: value for name, value in answer.headers.items() if name.lower() in _RETURNED}
+                return Response(content, status_code=answer.status, headers=passed)
+        except (aiohttp.ClientError, TimeoutError):
+            raise APIError.unavailable("The node that holds this session cannot be reached; retry shortly") from None
