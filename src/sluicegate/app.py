@@ -262,15 +262,19 @@ def create_app(
             retry_initial_seconds=settings.race_retry_initial_seconds,
             retry_max_seconds=settings.race_retry_max_seconds,
             close_wait_seconds=settings.race_close_wait_seconds,
+            node_url=settings.node_url,
         ),
         metrics,
     )
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
+    forwarder = Forwarder(secret.encode(), clock)
     race_routes = RaceRoutes(
         races,
         secret=settings.ax_parser_secret.get_secret_value().encode() if settings.ax_parser_secret else None,
         max_body_bytes=settings.race_max_body_bytes,
         clock=clock,
         metrics=metrics,
+        forwarder=forwarder if settings.node_url else None,
     )
     ingest = IngestService(
         store,
@@ -288,8 +292,6 @@ def create_app(
             node_url=settings.node_url,
         ),
     )
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
-    forwarder = Forwarder(secret.encode(), clock)
     ingest_routes = IngestRoutes(ingest, forwarder if settings.node_url else None)
     llm = registry_from_settings(settings)
     generate = GenerateService(

@@ -31,6 +31,7 @@ KEY, ADMIN_KEY = "sk-two-nodes-user", "sk-two-nodes-admin"
 AUTH, ADMIN = {"X-API-Key": KEY}, {"X-API-Key": ADMIN_KEY}
 #: A tenant of its own for each ingestion test, so that each counts its own requests.
 INGESTER, SURVIVOR = {"X-API-Key": "sk-two-nodes-ingest"}, {"X-API-Key": "sk-two-nodes-survivor"}
+AX_SECRET = "ax-two-nodes"
 #: Requests a minute per tenant (each test's tenant stays under it, but for the one that tests it).
 TENANT_LIMIT = 12
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
@@ -99,6 +100,7 @@ def cluster(
         "SLUICEGATE_API_KEYS": f"{KEY}:user:1,{ADMIN_KEY}:admin:1,"
         "sk-two-nodes-ingest:user:2,sk-two-nodes-survivor:user:3",
         "SLUICEGATE_JWT_SECRET": secrets.token_urlsafe(32),  # the same on every node
+        "SLUICEGATE_AX_PARSER_SECRET": AX_SECRET,
         "SLUICEGATE_BROKER_URL": broker,
         "SLUICEGATE_DATABASE_URL": postgres_url,
         "SLUICEGATE_OBJECT_STORE_URL": s3_bucket,
@@ -294,3 +296,31 @@ async def test_killing_the_holder_loses_no_acknowledged_upload(cluster: Cluster)
     assert ended.status_code == 200, ended.text
     assert records.status_code == 200, records.text
     assert [orjson.loads(line)["values"]["n"] for line in records.content.splitlines()] == list(range(20)), records.text
+
+
+# -- race collection: held by the node that opened the session, fed through any --------------
+
+
+async def test_race_data_posted_to_b_is_collected_by_the_session_a_holds(cluster: Cluster) -> None:
+    stream = f"car-{cluster.kind}"
+    async with (
+        httpx.AsyncClient(base_url=cluster.a.url, headers=ADMIN, timeout=10 * UNIT) as on_a,
+        httpx.AsyncClient(base_url=cluster.b.url, headers=ADMIN, timeout=10 * UNIT) as on_b,
+    ):
+        created = await on_a.post("/api/races/sessions", json={"stream": stream, "metadata": {"car": 7}})
+        assert created.status_code == 201, created.text
+        session_id = created.json()["id"]
+        acks = []
+        for lap in range(5):
+            point = {"data": {"lap": lap}, "type": "lap", "platform": "ax"}
+            ack = await on_b.post(f"/api/streams/races/{stream}/data", params={"secret": AX_SECRET}, json=point)
+            assert ack.status_code == 200, ack.text
+            acks.append(ack.json()["data_points"])
+        described = (await on_b.get(f"/api/races/sessions/{session_id}")).json()
+        closed = await on_b.post(f"/api/races/sessions/{session_id}/close")
+        data = await on_b.get(f"/api/races/sessions/{session_id}/data")
+    assert acks == [1, 2, 3, 4, 5]  # counted by the one session, on A
+    assert (described["data_points"], described["spooled_points"]) == (5, 5)
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["archived_keys"] == [f"races/{stream}/{session_id}/000001.jsonl.zst"]
+    assert [orjson.loads(line)["data"]["lap"] for line in data.content.splitlines()] == list(range(5))

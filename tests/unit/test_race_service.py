@@ -643,3 +643,30 @@ async def test_points_acknowledged_while_closing_are_archived(h: Harness, monkey
     assert closed is True
     assert out.state == SessionState.CLOSED
     assert b"".join([await h.archive(k) for k in described.archived_keys]) == b"".join(lines)
+
+
+# -- several nodes on one database ---------------------------------------------------------
+
+
+async def test_each_node_holds_the_sessions_it_opened_and_names_the_holder_of_the_others(h: Harness) -> None:
+    def node(name: str) -> RaceService:
+        config = RaceConfig(spool_dir=h.tmp / name, idle_seconds=30, node_url=f"http://{name}.internal:8000")
+        service = RaceService(h.store, h.objects, h.clock, config, Metrics(namespace="t"))
+        h.services.append(service)
+        return service
+
+    node_a = node("a")
+    await node_a.open()
+    out = await node_a.create(IDENT, SessionIn(stream="runner", metadata={}))
+    await ingest_all(node_a, "runner", points(2))
+    node_b = node("b")
+    await node_b.open()  # B starts after A opened it: it must not take it (A's spool is on A)
+    assert out.id not in node_b.sessions and "runner" not in node_b.by_stream
+    assert await node_b.holder(IDENT, out.id) == "http://a.internal:8000"
+    assert await node_b.stream_holder("runner") == "http://a.internal:8000"
+    assert await node_b.stream_holder("walker") is None  # no open session: B's own 400
+    assert await node_b.holder(OTHER, out.id) is None  # another tenant: B's own 404
+    assert await node_a.holder(IDENT, out.id) is None and await node_a.stream_holder("runner") is None
+    with pytest.raises(APIError) as taken:  # one open session per stream, whichever node is asked
+        await node_b.create(IDENT, SessionIn(stream="runner", metadata={}))
+    assert taken.value.code is ErrCode.ALREADY_EXISTS

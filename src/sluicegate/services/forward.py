@@ -111,14 +111,26 @@ class Forwarder:
         Raises:
             APIError: 503 when the node cannot be reached or does not answer in time.
         """
+        return await self.forward_scope(request.scope, await request.body(), node)
+
+    async def forward_scope(self, scope: Scope, body: bytes, node: str) -> Response:
+        """Send the request of ``scope`` (whose body was ``body``) to ``node``; its answer.
+
+        Raises:
+            APIError: 503 when the node cannot be reached or does not answer in time.
+        """
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        target = _target(request.scope)
-        headers = {name: value for name, value in request.headers.items() if name in _PASSED}
-        headers[FORWARDED_HEADER] = self.sign(request.method, target)
-        body = await request.body()
+        method: str = scope["method"]
+        target = _target(scope)
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name.decode("latin-1") in _PASSED
+        }
+        headers[FORWARDED_HEADER] = self.sign(method, target)
         try:
-            async with self._session.request(request.method, node + target, data=body, headers=headers) as answer:
+            async with self._session.request(method, node + target, data=body, headers=headers) as answer:
                 content = await answer.read()
                 passed = {name: value for name, value in answer.headers.items() if name.lower() in _RETURNED}
                 return Response(content, status_code=answer.status, headers=passed)

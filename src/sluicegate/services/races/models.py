@@ -49,6 +49,8 @@ class RaceSessionRow(Base):
     archived_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # SLUICEGATE_NODE_URL of the node holding the session's spool (None: one node).
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class SessionIn(BaseModel):

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import orjson
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from sluicegate.errors import APIError, ErrCode
 from sluicegate.responses import json_response
 from sluicegate.security.deps import AdminIdentity  # noqa: TC001 -- FastAPI reads route annotations at run time
+from sluicegate.services.forward import Forwarded, Forwarder
 from sluicegate.services.races.models import STREAM_PATTERN, SessionIn, SessionOut
 from sluicegate.services.races.service import RaceService, point_line
 from sluicegate.streaming.transport import error_response
@@ -64,9 +65,17 @@ class IngestApp:
     """``POST /api/streams/races/{stream}/data``: one data point, acknowledged once durable."""
 
     def __init__(
-        self, service: RaceService, *, secret: bytes | None, max_body_bytes: int, clock: Clock, metrics: Metrics
+        self,
+        service: RaceService,
+        *,
+        secret: bytes | None,
+        max_body_bytes: int,
+        clock: Clock,
+        metrics: Metrics,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.service = service
+        self.forwarder = forwarder
         self.secret = secret
         self.max_body_bytes = max_body_bytes
         self.clock = clock
@@ -78,6 +87,10 @@ class IngestApp:
         started = time.perf_counter()
         try:
             total, received_at = await self._ingest(scope, receive)
+        except Forwarded as forwarded:  # the stream's session is held by another node
+            await forwarded.response(scope, receive, send)
+            self.metrics.http_requests.labels("POST", ROUTE, str(forwarded.response.status_code)).inc()
+            return
         except APIError as exc:
             await error_response(send, exc)
             self.metrics.http_requests.labels("POST", ROUTE, str(exc.status)).inc()
@@ -123,7 +136,11 @@ class IngestApp:
         if not _STREAM.match(stream):
             raise APIError.invalid_argument("Invalid stream ID", stream=stream[:100])
         if stream not in self.service.by_stream:
-            raise APIError.invalid_argument("No session present for the stream ID")
+            forwarder = self.forwarder
+            node = await self.service.stream_holder(stream) if forwarder is not None else None
+            if forwarder is None or node is None:
+                raise APIError.invalid_argument("No session present for the stream ID")
+            raise Forwarded(await forwarder.forward_scope(scope, await self._read(scope, receive), node))
         try:
             payload = orjson.loads(await self._read(scope, receive))
         except orjson.JSONDecodeError as exc:
@@ -194,12 +211,27 @@ class RaceRoutes:
     """The routes of race collection over a :class:`RaceService`."""
 
     def __init__(
-        self, service: RaceService, *, secret: bytes | None, max_body_bytes: int, clock: Clock, metrics: Metrics
+        self,
+        service: RaceService,
+        *,
+        secret: bytes | None,
+        max_body_bytes: int,
+        clock: Clock,
+        metrics: Metrics,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.service = service
+        self.forwarder = forwarder
         self.ingest = Route(
             ROUTE,
-            IngestApp(service, secret=secret, max_body_bytes=max_body_bytes, clock=clock, metrics=metrics),
+            IngestApp(
+                service,
+                secret=secret,
+                max_body_bytes=max_body_bytes,
+                clock=clock,
+                metrics=metrics,
+                forwarder=forwarder,
+            ),
             methods=["POST"],
             name="race_data",
         )
@@ -207,25 +239,45 @@ class RaceRoutes:
         self.router = APIRouter(prefix="/api/races/sessions", tags=["races"])
         self._routes()
 
+    def _held_here(self) -> list[Any]:
+        """A dependency that passes a request for a session another node holds on to that node."""
+        service, forwarder = self.service, self.forwarder
+
+        async def held_here(request: Request, admin: AdminIdentity, session_id: str = SessionId) -> None:
+            if forwarder is None:
+                return
+            node = await service.holder(admin, session_id)
+            if node is not None:
+                raise Forwarded(await forwarder.forward(request, node))
+
+        return [Depends(held_here)]
+
     def _routes(self) -> None:
         service = self.service
+        held = self._held_here()
 
         @self.router.post("", status_code=201, summary="Open the session of a stream (admin key)")
         async def create_session(body: SessionIn, admin: AdminIdentity) -> SessionOut:
             """Open a session: data posted for `stream` goes to it until it is closed."""
             return await service.create(admin, body)
 
-        @self.router.get("/{session_id}", summary="A session's state, counts and archives (admin key)")
+        @self.router.get(
+            "/{session_id}", summary="A session's state, counts and archives (admin key)", dependencies=held
+        )
         async def get_session(admin: AdminIdentity, session_id: str = SessionId) -> SessionOut:
             return await service.describe(admin, session_id)
 
-        @self.router.post("/{session_id}/close", summary="Archive what is spooled and close (admin key)")
+        @self.router.post(
+            "/{session_id}/close", summary="Archive what is spooled and close (admin key)", dependencies=held
+        )
         async def close_session(admin: AdminIdentity, session_id: str = SessionId) -> Response:
             """200 once everything is archived; 202 while archiving is still being retried."""
             out, done = await service.close_session(admin, session_id)
             return json_response(out.model_dump(mode="json"), 200 if done else 202)
 
-        @self.router.get("/{session_id}/data", summary="Every point of a session, as NDJSON (admin key)")
+        @self.router.get(
+            "/{session_id}/data", summary="Every point of a session, as NDJSON (admin key)", dependencies=held
+        )
         async def session_data(admin: AdminIdentity, session_id: str = SessionId) -> StreamingResponse:
             """Archived points, then spooled ones, in the order they were received."""
             await service.describe(admin, session_id)  # 404 before the response starts

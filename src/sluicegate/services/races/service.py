@@ -54,6 +54,11 @@ log = logging.getLogger("sluicegate.races")
 _SEQ = re.compile(r"/(\d{6,})\.jsonl\.zst$")
 
 
+#: How long a node remembers which other node holds a stream's session, and for how many streams.
+HOLDER_CACHE_SECONDS = 1.0
+HOLDER_CACHE_SIZE = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class RaceConfig:
     """Options of the race service (from settings)."""
@@ -65,6 +70,7 @@ class RaceConfig:
     retry_initial_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     close_wait_seconds: float = 10.0
+    node_url: str | None = None  # this node, as the others reach it (several nodes on one database)
 
 
 @dataclass(eq=False)
@@ -153,6 +159,7 @@ class RaceService:
         self.metrics = metrics
         self.by_stream: dict[str, RaceSession] = {}
         self.sessions: dict[str, RaceSession] = {}
+        self._holders: dict[str, tuple[str | None, float]] = {}  # stream -> (other node, until)
         self._background: set[asyncio.Task[None]] = set()
 
     # -- life --------------------------------------------------------------------------
@@ -160,7 +167,17 @@ class RaceService:
     async def open(self) -> None:
         """Load every session not yet closed, re-read its spool, and archive what it holds."""
         async with self.store.session() as db:
-            rows = (await db.scalars(select(RaceSessionRow).where(RaceSessionRow.state != "closed"))).all()
+            rows = (
+                await db.scalars(
+                    select(RaceSessionRow).where(
+                        RaceSessionRow.state != "closed",
+                        # this node's own: another node's spool is on that node
+                        RaceSessionRow.owner.is_(None)
+                        if self.config.node_url is None
+                        else RaceSessionRow.owner == self.config.node_url,
+                    )
+                )
+            ).all()
         for row in rows:
             session = await self._load(row)
             if session.spool.spooled_points:
@@ -242,11 +259,42 @@ class RaceService:
             archived_keys=[],
             last_error=None,
             failed_attempts=0,
+            owner=self.config.node_url,
         )
         async with self.store.session() as db:
             db.add(row)
         session = await self._load(row)
         return session.describe()
+
+    async def holder(self, identity: Identity, session_id: str) -> str | None:
+        """The URL of the node holding a session that is not closed, when it is not this one;
+        ``None`` when this node answers itself (unknown ids and other tenants' included)."""
+        if session_id in self.sessions or self.config.node_url is None:
+            return None
+        async with self.store.session() as db:
+            row = await db.get(RaceSessionRow, session_id)
+        if row is None or row.tenant != identity.tenant or row.state == SessionState.CLOSED.value:
+            return None
+        return row.owner if row.owner not in (None, self.config.node_url) else None
+
+    async def stream_holder(self, stream: str) -> str | None:
+        """The node holding the open session of ``stream``, when it is another one. Cached
+        for a second: a stream posted to the wrong node is posted to it often."""
+        if self.config.node_url is None:
+            return None
+        now = self.clock.monotonic()
+        cached = self._holders.get(stream)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self.store.session() as db:
+            owner = await db.scalar(
+                select(RaceSessionRow.owner).where(RaceSessionRow.stream == stream, RaceSessionRow.state == "open")
+            )
+        node = owner if owner not in (None, self.config.node_url) else None
+        if len(self._holders) > HOLDER_CACHE_SIZE:
+            self._holders.clear()
+        self._holders[stream] = (node, now + HOLDER_CACHE_SECONDS)
+        return node
 
     async def describe(self, identity: Identity, session_id: str) -> SessionOut:
         """A session's state, counts and archives.
