@@ -336,6 +336,32 @@ async def test_no_more_than_max_concurrent_batches_are_stored_at_once(h: Harness
     assert [r.state for r in await h.batch_rows(session.id)] == ["processed"] * 5
 
 
+async def test_bytes_received_count_each_record_once_while_the_spool_is_emptied_and_after_the_end(
+    h: Harness,
+) -> None:
+    service = await h.opened()
+    session, _ = await start(h, service, batchSize=4, maxBatchDelayMs=60_000)
+    sent = records(8)
+    expected = sum(len(canonical(r)) + 1 for r in sent)  # one line each
+    seen: list[int] = []
+
+    async def sample() -> None:  # what a status request would report, at every step of the loop
+        while True:
+            seen.append(session.bytes_received)
+            await asyncio.sleep(0)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await upload(service, session.id, sent)
+        await until(lambda: session.batches_processed == 2 and session.spool.active_points == 0, "the spool emptied")
+        ended = await service.end(IDENT, session.id, wait=True, timeout_ms=5000)
+    finally:
+        sampler.cancel()
+    assert seen and max(seen) == expected
+    assert isinstance(ended, LiveSession) and ended.bytes_received == expected
+    assert (await h.session_row(session.id)).bytes_received == expected
+
+
 # -- retries and the dead-letter queue -----------------------------------------------------
 
 

@@ -213,11 +213,26 @@ class SessionSpool:
         path = self.directory / ACTIVE
         return path.read_bytes()[: self.active_bytes] if path.exists() else b""
 
-    async def reset_active(self) -> None:
-        """Empty the active file, once everything in it is safe elsewhere."""
+    async def reset_active(self) -> int:
+        """Empty the active file, once everything in it is safe elsewhere.
+
+        Returns:
+            The bytes it held, counted as active until the moment this returns (so a
+            reader adding them to a total of its own never sees them twice).
+        """
         async with self._lock:
             await asyncio.to_thread(self._reset_active)
-            self.active_points = self.active_bytes = 0
+            return self.release_active()
+
+    def release_active(self) -> int:
+        """Stop counting the active file's points and bytes (the caller now counts them).
+
+        Returns:
+            The bytes it held.
+        """
+        size = self.active_bytes
+        self.active_points = self.active_bytes = 0
+        return size
 
     def _reset_active(self) -> None:
         self.close()

@@ -569,7 +569,7 @@ class IngestService:
 
     async def _retire(self, session: LiveSession) -> None:
         """A finished session leaves memory; its spool goes once nothing in it is needed."""
-        session.bytes_base += session.spool.active_bytes
+        session.bytes_base += session.spool.release_active()
         await self._save(session)
         if session.delay_timer is not None:
             session.delay_timer.cancel()
@@ -823,8 +823,8 @@ class IngestService:
         spool = session.spool
         if session.batches or session.open_count or session.parked or spool.busy or not spool.active_points:
             return
-        session.bytes_base += spool.active_bytes
-        await spool.reset_active()
+        dropped = await spool.reset_active()
+        session.bytes_base += dropped
         session.spool_base = session.next_index
         await self._save(session)
 
