@@ -85,6 +85,16 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings()
     sys.path.insert(0, os.getcwd())
     workers = args.workers or settings.workers
+    if workers > 1 and settings.broker_url.startswith("memory:"):
+        # Each worker would have a broker of its own: a message published through one
+        # worker would never reach the subscribers of another. Refuse rather than split.
+        print(
+            f"sluicegate: --workers {workers} needs a shared broker: the in-memory broker lives in one "
+            "process, so a message published through one worker would not reach the subscribers of "
+            "another. Set SLUICEGATE_BROKER_URL to redis://... or nats://..., or run one worker.",
+            file=sys.stderr,
+        )
+        return 2
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here; a scrape of any worker sums them all.
         metrics_dir = settings.data_dir / "metrics"

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import stat
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from sluicegate.clock import ManualClock
 from sluicegate.security.identity import TokenService
+from tests.brokers import drop, fresh_url
 from tests.e2e.helpers import eventually, loads, read_events
 from tests.server import ROOT, UNIT, start_server
 
@@ -349,7 +351,34 @@ async def test_metrics_move_when_streams_run_and_the_seed_names_exist(serve: Cal
 
 
 async def test_metrics_are_summed_over_workers(serve: Callable[..., Server]) -> None:
-    server = serve(APP, SLUICEGATE_WORKERS="2", **BASE_ENV)
+    broker = fresh_url("redis")  # several workers need a broker they share
+    server = serve(APP, SLUICEGATE_WORKERS="2", SLUICEGATE_BROKER_URL=broker, **BASE_ENV)
+    try:
+        await _count_requests_over_workers(server)
+    finally:
+        server.stop()
+        await drop(broker)
+
+
+def test_several_workers_on_the_in_memory_broker_are_refused_with_the_reason(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    env.update(BASE_ENV, SLUICEGATE_DATA_DIR=str(tmp_path), SLUICEGATE_WORKERS="2")
+    done = subprocess.run(
+        [sys.executable, "-m", "sluicegate", "serve", "--port", "0", "--app", APP],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60 * UNIT,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--workers 2 needs a shared broker" in done.stderr
+    assert "SLUICEGATE_BROKER_URL" in done.stderr
+    assert "Uvicorn running" not in done.stderr + done.stdout
+
+
+async def _count_requests_over_workers(server: Server) -> None:
     requests = 40
     async with httpx.AsyncClient(base_url=server.url) as client:
         await eventually(lambda: _both_workers_up(server))
