@@ -13,7 +13,6 @@ atom.
 
 from __future__ import annotations
 
-import hashlib
 import operator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from sluicegate.services.ingest.atoms import line_digests
 from sluicegate.services.ingest.validation import (
     AUDIO_FORMATS,
     IMAGE_FORMATS,
@@ -127,6 +127,5 @@ def prepare(kind: str, body: bytes, max_items: int, schema: dict[str, Any] | Non
         if problems:
             return Prepared(False, problems=problems)
         low, high = min(stamps), max(stamps)
-    sha = hashlib.sha256
-    digests = b"".join([sha(raw).digest() for raw in raws])
-    return Prepared(True, count=len(raws), lines=b"\n".join(raws) + b"\n", digests=digests, min_ts=low, max_ts=high)
+    lines = b"\n".join(raws) + b"\n"
+    return Prepared(True, count=len(raws), lines=lines, digests=line_digests(lines), min_ts=low, max_ts=high)

@@ -49,6 +49,7 @@ from sqlalchemy import select
 
 from sluicegate.engines.spool import SessionSpool, SpoolError
 from sluicegate.errors import APIError, ErrCode
+from sluicegate.services.ingest.atoms import line_digests
 from sluicegate.services.ingest.models import (
     FINAL_STATES,
     TRANSITIONS,
@@ -207,9 +208,7 @@ def _atomize(data: bytes, digests: bytes, level: int) -> tuple[str, bytes]:
 
 def _rehash(segment: bytes) -> bytes:
     """The atoms' digests of a stored segment, in order."""
-    text = zstandard.ZstdDecompressor().decompressobj().decompress(segment)
-    sha = hashlib.sha256
-    return b"".join([sha(line).digest() for line in text.split(b"\n") if line])
+    return line_digests(zstandard.ZstdDecompressor().decompressobj().decompress(segment))
 
 
 class IngestService:
@@ -999,11 +998,9 @@ class IngestService:
 
 
 def _recovered_batch(seq: int, batch_id: str, first: int, lines: list[bytes]) -> Batch:
-    sha = hashlib.sha256
     times = [_line_time(line) for line in lines] or [0]
-    digests = b"".join([sha(line).digest() for line in lines])
     data = b"".join([line + b"\n" for line in lines])
-    return Batch(seq, batch_id, first, data, len(lines), digests, min(times), max(times))
+    return Batch(seq, batch_id, first, data, len(lines), line_digests(data), min(times), max(times))
 
 
 def _take(chunks: list[Chunk], take: int) -> list[Chunk]:
