@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from starlette.convertors import StringConvertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response  # noqa: TC002 -- FastAPI reads route annotations at run time
 from starlette.routing import Match, Route, WebSocketRoute
@@ -154,18 +155,34 @@ class SluicegateApp(FastAPI):
     stays in the OpenAPI document by hand.
     """
 
-    _hot: list[tuple[Route, ASGIApp]]
+    _hot: list[tuple[str, bool, Route, ASGIApp]]
 
     def add_hot_route(self, route: Route) -> None:
         """Serve ``route`` ahead of the middleware stack."""
         if not hasattr(self, "_hot"):
             self._hot = []
-        self._hot.append((route, _HotBoundary(route.app)))
+        prefix = route.path.split("{", 1)[0]  # a cheap test before the route's regular expression
+        plain = all(isinstance(c, StringConvertor) for c in route.param_convertors.values())
+        self._hot.append((prefix, plain, route, _HotBoundary(route.app)))
         self.router.routes.append(route)  # also reachable (and documented) the normal way
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route, app in getattr(self, "_hot", ()):
+            path: str = scope["path"]
+            for prefix, plain, route, app in getattr(self, "_hot", ()):
+                if not path.startswith(prefix):
+                    continue
+                if plain and not scope.get("root_path") and route.methods and scope["method"] in route.methods:
+                    # What Route.matches does, for string parameters at the root, without
+                    # its general cases (root paths, converters, a new scope dict).
+                    found = route.path_regex.match(path)
+                    if found is None:
+                        continue
+                    scope["path_params"] = found.groupdict()
+                    scope["endpoint"] = route.endpoint
+                    scope["route"] = route
+                    await app(scope, receive, send)
+                    return
                 match, child = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child)

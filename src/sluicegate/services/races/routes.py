@@ -105,7 +105,9 @@ class IngestApp:
     def _check_secret(self, scope: Scope) -> None:
         query: bytes = scope["query_string"]
         if query.startswith(b"secret=") and b"&" not in query:  # the common case, without a full parse
-            given = unquote_to_bytes(query[7:])
+            given = query[7:]
+            if b"%" in given:
+                given = unquote_to_bytes(given)
         else:
             values = parse_qs(query.decode("latin-1")).get("secret")
             given = values[-1].encode() if values else b""

@@ -514,4 +514,5 @@ def _read_prefix(path: Path, size: int) -> bytes:
 
 def point_line(received_at: str, kind: Any, platform: Any, data: Any) -> bytes:
     """One archive line: ``received_at``, ``type``, ``platform``, ``data``."""
-    return orjson.dumps({"received_at": received_at, "type": kind, "platform": platform, "data": data}) + b"\n"
+    point = {"received_at": received_at, "type": kind, "platform": platform, "data": data}
+    return orjson.dumps(point, option=orjson.OPT_APPEND_NEWLINE)
