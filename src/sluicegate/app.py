@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +36,7 @@ from sluicegate.services.channels import ChannelService
 from sluicegate.services.forward import Forwarded, Forwarder
 from sluicegate.services.generate import GenerateRoutes, GenerateService
 from sluicegate.services.ingest import IngestConfig, IngestRoutes, IngestService
+from sluicegate.services.placement import Placement, WorkerSocket, claim_slot, sockets_dir
 from sluicegate.services.races import RaceConfig, RaceRoutes, RaceService
 from sluicegate.settings import Settings
 from sluicegate.streaming.config import StreamConfig
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["create_app", "json_response"]
 
 log = logging.getLogger("sluicegate")
+#: The worker-slot lock of this process (several workers on one node), held until it exits.
+_SLOT_LOCKS: list[IO[bytes]] = []
 
 _STATUS_CODES = {
     400: ErrCode.INVALID_ARGUMENT,
@@ -193,6 +197,18 @@ class SluicegateApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def _placement(settings: Settings) -> tuple[Placement, WorkerSocket | None]:
+    """This process's place among session holders; on a node of several workers, its slot
+    (held while the process lives) and the socket its siblings reach it on."""
+    if settings.workers <= 1:
+        return Placement(node_url=settings.node_url), None
+    slot, lock = claim_slot(settings.data_dir, settings.workers)
+    _SLOT_LOCKS.append(lock)  # kept open (and locked) for the life of the process
+    placement = Placement(node_url=settings.node_url, slot=slot, sockets=sockets_dir(settings.data_dir))
+    log.info("worker slot %d of %d is process %d", slot, settings.workers, os.getpid())
+    return placement, WorkerSocket(placement.socket(slot))
+
+
 def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: StreamConfig) -> list[StreamEndpoint]:
     endpoints: list[StreamEndpoint] = []
     for router in routers:
@@ -267,19 +283,22 @@ def create_app(
     channels = ChannelService(broker, max_message_bytes=settings.channel_max_message_bytes)
     challenges = ChallengeService(store, broker, clock)
     metrics = Metrics(settings.metrics_namespace)
+    placement, worker_socket = _placement(settings)
+    # A worker keeps its spools apart from its siblings' (slot 0 where a single worker does).
+    spools = "spool" if not placement.slot else f"spool-w{placement.slot}"
     races = RaceService(
         store,
         objects,
         clock,
         RaceConfig(
-            spool_dir=settings.data_dir / "races" / "spool",
+            spool_dir=settings.data_dir / "races" / spools,
             idle_seconds=settings.race_idle_seconds,
             zstd_level=settings.race_zstd_level,
             fsync=settings.race_fsync,
             retry_initial_seconds=settings.race_retry_initial_seconds,
             retry_max_seconds=settings.race_retry_max_seconds,
             close_wait_seconds=settings.race_close_wait_seconds,
-            node_url=settings.node_url,
+            placement=placement,
         ),
         metrics,
     )
@@ -291,7 +310,7 @@ def create_app(
         max_body_bytes=settings.race_max_body_bytes,
         clock=clock,
         metrics=metrics,
-        forwarder=forwarder if settings.node_url else None,
+        forwarder=forwarder if placement.coordinated else None,
     )
     ingest = IngestService(
         store,
@@ -299,17 +318,17 @@ def create_app(
         broker,
         clock,
         IngestConfig(
-            spool_dir=settings.data_dir / "ingest" / "spool",
+            spool_dir=settings.data_dir / "ingest" / spools,
             max_batch_size=settings.ingest_max_batch_size,
             max_body_bytes=settings.ingest_max_body_bytes,
             fsync=settings.ingest_fsync,
             session_ttl_seconds=settings.ingest_session_ttl_seconds,
             max_queued_records=settings.ingest_max_queued_records,
             workers=settings.ingest_workers,
-            node_url=settings.node_url,
+            placement=placement,
         ),
     )
-    ingest_routes = IngestRoutes(ingest, forwarder if settings.node_url else None)
+    ingest_routes = IngestRoutes(ingest, forwarder if placement.coordinated else None)
     llm = registry_from_settings(settings)
     generate = GenerateService(
         llm,
@@ -323,6 +342,8 @@ def create_app(
     if not settings.broker_url.startswith("memory") and not limiter.shared:
         log.warning("rate limits are counted by each node alone: set SLUICEGATE_REDIS_URL so that nodes share them")
     engines: list[Engine] = [store, broker, RateLimitEngine(limiter), objects, races, ingest, llm, forwarder]
+    if worker_socket is not None:
+        engines.append(worker_socket)  # last: siblings reach this worker once everything is open
     tokens = TokenService(secret, clock=clock)
     gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
     stream_config = StreamConfig(
@@ -366,6 +387,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.placement = placement
+    if worker_socket is not None:
+        worker_socket.app = app
     app.state.engines = engines
     app.state.stream_config = stream_config
     app.state.authenticator = gateway

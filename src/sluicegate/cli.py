@@ -95,6 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # The workers read their settings again: they must know that they have siblings.
+    os.environ["SLUICEGATE_WORKERS"] = str(workers)
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here; a scrape of any worker sums them all.
         metrics_dir = settings.data_dir / "metrics"

@@ -33,6 +33,7 @@ from sluicegate.services.ingest.models import (
     StartRequest,
 )
 from sluicegate.services.ingest.service import IngestConfig, IngestService, LiveSession
+from sluicegate.services.placement import Placement
 from tests.seeds import IOT_SENSORS_V1
 from tests.waiting import until
 
@@ -888,7 +889,9 @@ async def test_activity_postpones_expiry(h: Harness) -> None:
 
 async def test_each_node_holds_the_sessions_it_started_and_names_the_holder_of_the_others(h: Harness) -> None:
     def node(name: str) -> IngestService:
-        config = IngestConfig(spool_dir=h.tmp / name, fsync=False, node_url=f"http://{name}.internal:8000")
+        config = IngestConfig(
+            spool_dir=h.tmp / name, fsync=False, placement=Placement(node_url=f"http://{name}.internal:8000")
+        )
         service = IngestService(h.store, h.objects, h.broker, h.clock, config)
         h.services.append(service)
         return service

@@ -23,6 +23,7 @@ from sluicegate.engines.store import Store
 from sluicegate.errors import APIError, ErrCode
 from sluicegate.observability.metrics import Metrics
 from sluicegate.security.identity import Identity
+from sluicegate.services.placement import Placement
 from sluicegate.services.races.models import SessionIn, SessionState
 from sluicegate.services.races.service import RaceConfig, RaceService, point_line
 from tests.waiting import until
@@ -650,7 +651,9 @@ async def test_points_acknowledged_while_closing_are_archived(h: Harness, monkey
 
 async def test_each_node_holds_the_sessions_it_opened_and_names_the_holder_of_the_others(h: Harness) -> None:
     def node(name: str) -> RaceService:
-        config = RaceConfig(spool_dir=h.tmp / name, idle_seconds=30, node_url=f"http://{name}.internal:8000")
+        config = RaceConfig(
+            spool_dir=h.tmp / name, idle_seconds=30, placement=Placement(node_url=f"http://{name}.internal:8000")
+        )
         service = RaceService(h.store, h.objects, h.clock, config, Metrics(namespace="t"))
         h.services.append(service)
         return service

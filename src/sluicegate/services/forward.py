@@ -1,4 +1,4 @@
-"""Forwarding a request to the node that holds its state (several nodes, one database).
+"""Forwarding a request to the node (or worker) that holds its state (one database).
 
 An ingestion session's spool and batches live on the node that started it (its
 *holder*, ``SLUICEGATE_NODE_URL``). Another node that receives a request for it passes
@@ -22,6 +22,7 @@ import aiohttp
 from starlette.responses import Response
 
 from sluicegate.errors import APIError
+from sluicegate.services.placement import UNIX
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -70,14 +71,29 @@ class Forwarder:
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._siblings: dict[str, aiohttp.ClientSession] = {}  # by socket: the workers of this node
 
     async def open(self) -> None:
         """Nothing to do: the pool is made on first use."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in [self._session, *self._siblings.values()]:
+            if session is not None:
+                await session.close()
+        self._session = None
+        self._siblings.clear()
+
+    def _client(self, node: str) -> tuple[aiohttp.ClientSession, str]:
+        """The connection pool for ``node`` and the base of its URLs."""
+        if node.startswith(UNIX):  # a sibling worker of this node, on its Unix socket
+            session = self._siblings.get(node)
+            if session is None:
+                connector = aiohttp.UnixConnector(path=node.removeprefix(UNIX))
+                session = self._siblings[node] = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            return session, "http://localhost"
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session, node
 
     async def check(self) -> None:
         """Nothing to check: other nodes are checked by the load balancer."""
@@ -119,8 +135,7 @@ class Forwarder:
         Raises:
             APIError: 503 when the node cannot be reached or does not answer in time.
         """
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        session, base = self._client(node)
         method: str = scope["method"]
         target = _target(scope)
         headers = {
@@ -130,7 +145,7 @@ class Forwarder:
         }
         headers[FORWARDED_HEADER] = self.sign(method, target)
         try:
-            async with self._session.request(method, node + target, data=body, headers=headers) as answer:
+            async with session.request(method, base + target, data=body, headers=headers) as answer:
                 content = await answer.read()
                 passed = {name: value for name, value in answer.headers.items() if name.lower() in _RETURNED}
                 return Response(content, status_code=answer.status, headers=passed)

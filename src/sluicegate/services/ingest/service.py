@@ -63,6 +63,7 @@ from sluicegate.services.ingest.models import (
 )
 from sluicegate.services.ingest.prepare import Prepared, prepare
 from sluicegate.services.ingest.validation import Schema, parse_schema, timestamp_us
+from sluicegate.services.placement import ALONE, Placement
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -92,7 +93,7 @@ class IngestConfig:
     session_ttl_seconds: float = 86_400.0
     max_queued_records: int = 2_000_000
     workers: int = 0  # processes preparing large uploads; 0 prepares them in this process
-    node_url: str | None = None  # this node, as the others reach it (several nodes on one database)
+    placement: Placement = ALONE  # which process holds which session (several nodes or workers)
 
 
 def iso(moment: datetime) -> str:
@@ -241,8 +242,8 @@ class IngestService:
                         IngestSessionRow.state.not_in([s.value for s in FINAL_STATES]),
                         # this node's own: another node's spool is on that node
                         IngestSessionRow.owner.is_(None)
-                        if self.config.node_url is None
-                        else IngestSessionRow.owner == self.config.node_url,
+                        if self.config.placement.owner is None
+                        else IngestSessionRow.owner == self.config.placement.owner,
                     )
                 )
             ).all()
@@ -333,7 +334,7 @@ class IngestService:
             uploads_received=0,
             bytes_received=0,
             spool_base=0,
-            owner=self.config.node_url,
+            owner=self.config.placement.owner,
         )
         async with self.store.session() as db:
             db.add(row)
@@ -446,14 +447,14 @@ class IngestService:
         """The URL of the node that holds a session (by id or by job) when it is not this
         one and the session is not finished; ``None`` when this node answers itself
         (including for unknown ids, which it answers with a 404)."""
-        if session_id in self.live or job_id in self.by_job or self.config.node_url is None:
+        if session_id in self.live or job_id in self.by_job or not self.config.placement.coordinated:
             return None
         condition = IngestSessionRow.id == session_id if session_id is not None else IngestSessionRow.job_id == job_id
         async with self.store.session() as db:
             row = await db.scalar(select(IngestSessionRow).where(condition))
         if row is None or row.tenant != identity.tenant or SessionState(row.state) in FINAL_STATES:
             return None
-        return row.owner if row.owner not in (None, self.config.node_url) else None
+        return self.config.placement.route(row.owner)
 
     async def find_job(self, identity: Identity, job_id: str) -> LiveSession | IngestSessionRow:
         """The session of a job.

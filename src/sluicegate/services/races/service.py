@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sluicegate.engines.spool import SessionSpool, SpoolError
 from sluicegate.errors import APIError
 from sluicegate.security.tenancy import owned_by
+from sluicegate.services.placement import ALONE, Placement
 from sluicegate.services.races.models import RaceSessionRow, SessionIn, SessionOut, SessionState
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class RaceConfig:
     retry_initial_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     close_wait_seconds: float = 10.0
-    node_url: str | None = None  # this node, as the others reach it (several nodes on one database)
+    placement: Placement = ALONE  # which process holds which session (several nodes or workers)
 
 
 @dataclass(eq=False)
@@ -173,8 +174,8 @@ class RaceService:
                         RaceSessionRow.state != "closed",
                         # this node's own: another node's spool is on that node
                         RaceSessionRow.owner.is_(None)
-                        if self.config.node_url is None
-                        else RaceSessionRow.owner == self.config.node_url,
+                        if self.config.placement.owner is None
+                        else RaceSessionRow.owner == self.config.placement.owner,
                     )
                 )
             ).all()
@@ -259,7 +260,7 @@ class RaceService:
             archived_keys=[],
             last_error=None,
             failed_attempts=0,
-            owner=self.config.node_url,
+            owner=self.config.placement.owner,
         )
         async with self.store.session() as db:
             db.add(row)
@@ -269,18 +270,18 @@ class RaceService:
     async def holder(self, identity: Identity, session_id: str) -> str | None:
         """The URL of the node holding a session that is not closed, when it is not this one;
         ``None`` when this node answers itself (unknown ids and other tenants' included)."""
-        if session_id in self.sessions or self.config.node_url is None:
+        if session_id in self.sessions or not self.config.placement.coordinated:
             return None
         async with self.store.session() as db:
             row = await db.get(RaceSessionRow, session_id)
         if row is None or row.tenant != identity.tenant or row.state == SessionState.CLOSED.value:
             return None
-        return row.owner if row.owner not in (None, self.config.node_url) else None
+        return self.config.placement.route(row.owner)
 
     async def stream_holder(self, stream: str) -> str | None:
         """The node holding the open session of ``stream``, when it is another one. Cached
         for a second: a stream posted to the wrong node is posted to it often."""
-        if self.config.node_url is None:
+        if not self.config.placement.coordinated:
             return None
         now = self.clock.monotonic()
         cached = self._holders.get(stream)
@@ -290,7 +291,7 @@ class RaceService:
             owner = await db.scalar(
                 select(RaceSessionRow.owner).where(RaceSessionRow.stream == stream, RaceSessionRow.state == "open")
             )
-        node = owner if owner not in (None, self.config.node_url) else None
+        node = self.config.placement.route(owner)
         if len(self._holders) > HOLDER_CACHE_SIZE:
             self._holders.clear()
         self._holders[stream] = (node, now + HOLDER_CACHE_SECONDS)

@@ -1,0 +1,190 @@
+"""One node of two workers (``SLUICEGATE_WORKERS=2``) on a shared broker and the embedded
+SQLite database: a session opened by one worker is fed, read and closed through the other.
+
+Each worker also listens on a Unix socket of its own; the tests talk to each worker
+through it, so that which worker takes a request is certain (over TCP the kernel picks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+import pytest
+
+from sluicegate.services.placement import sockets_dir
+from tests.brokers import drop, fresh_url
+from tests.e2e.helpers import eventually
+from tests.server import UNIT, start_server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+    from tests.server import Server
+
+ADMIN, USER = {"X-API-Key": "sk-workers-admin"}, {"X-API-Key": "sk-workers-user"}
+AX_SECRET = "ax-workers"
+API = "/api/streaming"
+
+
+@dataclass
+class Node:
+    server: Server
+    data_dir: Path
+
+    @property
+    def log(self) -> str:
+        return self.server.log
+
+    def socket(self, slot: int) -> Path:
+        return sockets_dir(self.data_dir) / f"w{slot}.sock"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    broker = fresh_url("redis")
+    data_dir = tmp_path_factory.mktemp("workers")
+    env = {
+        "SLUICEGATE_WORKERS": "2",
+        "SLUICEGATE_BROKER_URL": broker,
+        "SLUICEGATE_API_KEYS": "sk-workers-admin:admin:1,sk-workers-user:user:1",
+        "SLUICEGATE_AX_PARSER_SECRET": AX_SECRET,
+        "SLUICEGATE_RACE_IDLE_SECONDS": "3600",
+    }
+    server = start_server(None, data_dir, env)
+    try:
+        yield Node(server, data_dir)
+    finally:
+        server.stop()
+        asyncio.run(drop(broker))
+
+
+def _slots(node: Node) -> dict[int, int]:
+    """Worker slot -> process id, from the workers' logs (the latest for each slot)."""
+    return {int(s): int(p) for s, p in re.findall(r"worker slot (\d) of 2 is process (\d+)", node.log)}
+
+
+async def _both_up(node: Node) -> bool:
+    """Both workers have started and answer on their sockets (a dead one's may be left)."""
+    if len(_slots(node)) < 2:
+        return False
+    for slot in (0, 1):
+        try:
+            async with _client(node, slot) as client:
+                if (await client.get("/healthz")).status_code != 200:
+                    return False
+        except httpx.TransportError:
+            return False
+    return True
+
+
+@pytest.fixture
+async def workers(node: Node) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """A client for each worker, through its socket: ``workers[slot]``."""
+    await eventually(lambda: _both_up(node), within=30 * UNIT)
+    clients = [_client(node, slot) for slot in (0, 1)]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def _client(node: Node, slot: int) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=str(node.socket(slot)))
+    return httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=10 * UNIT)
+
+
+def readings(first: int, count: int) -> list[dict[str, Any]]:
+    return [
+        {"timestamp": f"2026-01-01T00:00:{n // 1000:02d}.{n % 1000:03d}Z", "values": {"n": n}}
+        for n in range(first, first + count)
+    ]
+
+
+async def test_race_points_posted_to_either_worker_are_collected_by_the_one_session(
+    workers: list[httpx.AsyncClient],
+) -> None:
+    holder, sibling = workers
+    created = await holder.post("/api/races/sessions", json={"stream": "car-9", "metadata": {}}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    session_id = created.json()["id"]
+    acks = []
+    for lap in range(10):
+        point = {"data": {"lap": lap}, "type": "lap", "platform": "ax"}
+        worker = workers[lap % 2]  # alternately the holder and its sibling
+        ack = await worker.post("/api/streams/races/car-9/data", params={"secret": AX_SECRET}, json=point)
+        assert ack.status_code == 200, ack.text
+        acks.append(ack.json()["data_points"])
+    described = (await sibling.get(f"/api/races/sessions/{session_id}", headers=ADMIN)).json()
+    closed = await sibling.post(f"/api/races/sessions/{session_id}/close", headers=ADMIN)
+    data = await sibling.get(f"/api/races/sessions/{session_id}/data", headers=ADMIN)
+    assert acks == list(range(1, 11))  # one count: the holder's
+    assert described["data_points"] == 10
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["archived_keys"] == [f"races/car-9/{session_id}/000001.jsonl.zst"]
+    assert [orjson.loads(line)["data"]["lap"] for line in data.content.splitlines()] == list(range(10))
+
+
+async def test_an_ingestion_session_started_on_one_worker_takes_uploads_and_ends_through_the_other(
+    workers: list[httpx.AsyncClient],
+) -> None:
+    holder, sibling = workers
+    started = await sibling.post(
+        f"{API}/sessions/start", json={"sessionType": "telemetry", "batchSize": 5}, headers=USER
+    )
+    assert started.status_code == 200, started.text
+    session_id, job_id = started.json()["sessionId"], started.json()["jobId"]
+    sent = readings(0, 15)
+    for i, part in enumerate((sent[:5], sent[5:10], sent[10:])):
+        uploaded = await workers[i % 2].post(
+            f"{API}/sessions/{session_id}/upload", json={"records": part}, headers=USER
+        )
+        assert uploaded.status_code == 200, uploaded.text
+    status = (await holder.get(f"{API}/sessions/{session_id}/status", headers=USER)).json()
+    ended = await holder.post(f"{API}/sessions/{session_id}/end", json={"waitForCompletion": True}, headers=USER)
+    job = (await holder.get(f"{API}/jobs/{job_id}/status", headers=USER)).json()
+    records = await holder.get(f"{API}/sessions/{session_id}/records", headers=USER)
+    assert status["statistics"]["totalRecordsReceived"] == 15
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["finalStatistics"]["totalAtomsCreated"] == 15
+    assert job["status"] == "completed"
+    assert [orjson.loads(line)["values"]["n"] for line in records.content.splitlines()] == list(range(15))
+
+
+async def test_a_worker_killed_after_an_acknowledged_upload_is_replaced_and_loses_nothing(
+    node: Node, workers: list[httpx.AsyncClient]
+) -> None:
+    holder, sibling = workers
+    started = await holder.post(
+        f"{API}/sessions/start",
+        json={"sessionType": "telemetry", "batchSize": 1000, "maxBatchDelayMs": 60000},
+        headers=USER,
+    )
+    session_id = started.json()["sessionId"]
+    uploaded = await sibling.post(
+        f"{API}/sessions/{session_id}/upload", json={"records": readings(0, 20)}, headers=USER
+    )
+    assert uploaded.status_code == 200, uploaded.text  # durable in the holder's spool
+    killed = _slots(node)[0]
+    os.kill(killed, signal.SIGKILL)  # before it batched anything
+    # The supervisor starts a worker in its place, which takes the free slot and its sessions.
+    await eventually(lambda: _replaced(node, killed), within=30 * UNIT)
+    await eventually(lambda: _both_up(node), within=30 * UNIT)
+    async with _client(node, 1) as survivor:
+        ended = await survivor.post(f"{API}/sessions/{session_id}/end", json={"waitForCompletion": True}, headers=USER)
+        records = await survivor.get(f"{API}/sessions/{session_id}/records", headers=USER)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "completed"
+    assert [orjson.loads(line)["values"]["n"] for line in records.content.splitlines()] == list(range(20))
+
+
+async def _replaced(node: Node, killed: int) -> bool:
+    return _slots(node).get(0) not in (None, killed)
