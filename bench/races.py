@@ -261,8 +261,12 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="shared by the nodes (default: one SQLite file in the benchmark's folder)"
     )
+    parser.add_argument("--workers", type=int, default=1, help="server processes per node (needs --broker)")
+    parser.add_argument("--broker", default="memory://", help="SLUICEGATE_BROKER_URL (redis://... for --workers 2)")
     args = parser.parse_args()
     args.streams = args.streams or args.nodes
+    if args.workers > 1 and args.broker.startswith("memory"):
+        parser.error("--workers 2 needs a shared broker: --broker redis://... or nats://...")
 
     cpus = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-", dir=os.environ.get("BENCH_DIR")) as folder:
@@ -276,6 +280,8 @@ def main() -> None:
             # Shared by the nodes: the database says which node holds a stream; archives in one store.
             "SLUICEGATE_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{data_dir / 'shared.db'}",
             "SLUICEGATE_OBJECT_STORE_URL": f"file://{data_dir / 'objects'}",
+            "SLUICEGATE_WORKERS": str(args.workers),
+            "SLUICEGATE_BROKER_URL": args.broker,
         }
         app = "bench.races_baseline:create_app" if args.baseline else None
         nodes: list[Server] = []
@@ -284,10 +290,12 @@ def main() -> None:
                 port = free_port()
                 node_env = {**env, "SLUICEGATE_NODE_URL": f"http://127.0.0.1:{port}"}
                 nodes.append(start_server(app, data_dir / f"node{i}", node_env, args=("--port", str(port))))
-            if len(cpus) >= 2 and args.nodes == 1:
+            if args.workers > 1:  # the workers' start-up, after the supervisor's
+                time.sleep(5)
+            if len(cpus) >= 2 and args.nodes == 1 and args.workers == 1:
                 os.sched_setaffinity(nodes[0].process.pid, {cpus[0]})
                 os.sched_setaffinity(0, {cpus[1]})  # the load (wrk inherits it)
-            elif len(cpus) >= args.nodes:
+            elif len(cpus) >= args.nodes and args.workers == 1:
                 for node, cpu in zip(nodes, cpus, strict=False):
                     os.sched_setaffinity(node.process.pid, {cpu})
             result = uvloop.run(_run(nodes, args))
@@ -299,8 +307,9 @@ def main() -> None:
             {
                 "bench": "races",
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                "server_pinned": "one CPU per node" if len(cpus) >= args.nodes else "no",
+                "server_pinned": "one CPU per node" if len(cpus) >= args.nodes and args.workers == 1 else "no",
                 "nodes": args.nodes,
+                "workers_per_node": args.workers,
                 "server": "bare ASGI baseline" if args.baseline else "sluicegate",
                 "fsync": not args.no_fsync and not args.baseline,
                 **result,
