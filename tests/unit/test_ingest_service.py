@@ -917,3 +917,35 @@ async def test_each_node_holds_the_sessions_it_started_and_names_the_holder_of_t
     assert again.live[session.id].records_received == 3
     await again.end(IDENT, session.id, wait=True, timeout_ms=5000)
     assert await node_b.holder(IDENT, session_id=session.id) is None  # finished: any node answers
+
+
+async def test_any_node_lists_the_dead_letter_queue_and_names_the_holder_of_a_dead_batch(h: Harness) -> None:
+    def node(name: str, objects: ObjectStore) -> IngestService:
+        config = IngestConfig(
+            spool_dir=h.tmp / name, fsync=False, placement=Placement(node_url=f"http://{name}.internal:8000")
+        )
+        service = IngestService(h.store, objects, h.broker, h.clock, config)
+        h.services.append(service)
+        return service
+
+    node_a, node_b = node("a", h.flaky(fail_next=1)), node("b", h.objects)
+    await node_a.open()
+    await node_b.open()
+    session, _ = await start(h, node_a, batchSize=2, maxRetries=0)
+    await upload(node_a, session.id, records(2))
+    batch = session.batches[1]
+    await until(lambda: batch.state == BatchState.DEAD and batch.task is None, "the batch dead-lettered on A")
+
+    [on_a] = await node_a.dead_letters(IDENT)
+    assert await node_b.dead_letters(IDENT) == [on_a]  # from the batch's row, as A has it in memory
+    assert (on_a["batchId"], on_a["sessionId"], on_a["recordCount"]) == (batch.batch_id, session.id, 2)
+    assert await node_b.dead_letters(OTHER) == []
+    assert await node_b.holder(IDENT, batch_id=batch.batch_id) == "http://a.internal:8000"  # the retry goes to A
+    assert await node_a.holder(IDENT, batch_id=batch.batch_id) is None
+    assert await node_b.holder(OTHER, batch_id=batch.batch_id) is None  # another tenant: B's own 404
+    assert await node_b.holder(IDENT, batch_id="batch-999-000000") is None
+
+    await node_a.retry_dead(IDENT, batch.batch_id)
+    await until(lambda: session.atoms_created == 2, "the retried batch stored on A")
+    assert await node_b.dead_letters(IDENT) == []
+    assert await node_b.holder(IDENT, batch_id=batch.batch_id) is None  # no longer dead

@@ -279,7 +279,12 @@ class IngestRoutes:
             if forwarder is None:
                 return
             params = request.path_params
-            node = await service.holder(identity, session_id=params.get("sessionId"), job_id=params.get("jobId"))
+            node = await service.holder(
+                identity,
+                session_id=params.get("sessionId"),
+                job_id=params.get("jobId"),
+                batch_id=params.get("batchId"),
+            )
             if node is not None:
                 raise Forwarded(await forwarder.forward(request, node))
 
@@ -383,7 +388,12 @@ class IngestRoutes:
         async def dead_letters(identity: AnyIdentity) -> dict[str, Any]:
             return {"batches": await service.dead_letters(identity)}
 
-        @router.post("/dlq/{batchId}/retry", summary="Retry a batch of the dead-letter queue", status_code=202)
+        @router.post(
+            "/dlq/{batchId}/retry",
+            summary="Retry a batch of the dead-letter queue",
+            status_code=202,
+            dependencies=self._held_here(),
+        )
         async def retry_dead(batchId: str, identity: AnyIdentity) -> dict[str, Any]:
             return await service.retry_dead(identity, batchId)
 

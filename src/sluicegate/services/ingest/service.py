@@ -443,15 +443,39 @@ class IngestService:
             raise session_not_found(session_id)
         return row
 
-    async def holder(self, identity: Identity, session_id: str | None = None, job_id: str | None = None) -> str | None:
-        """The URL of the node that holds a session (by id or by job) when it is not this
-        one and the session is not finished; ``None`` when this node answers itself
-        (including for unknown ids, which it answers with a 404)."""
+    async def holder(
+        self,
+        identity: Identity,
+        session_id: str | None = None,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+    ) -> str | None:
+        """Where the process that holds a session (by id, by job, or by a dead batch of it)
+        is reached, when it is not this one and the session is not finished; ``None`` when
+        this process answers itself (including for unknown ids, which it answers with a 404)."""
         if session_id in self.live or job_id in self.by_job or not self.config.placement.coordinated:
             return None
-        condition = IngestSessionRow.id == session_id if session_id is not None else IngestSessionRow.job_id == job_id
+        if session_id is not None:
+            condition = IngestSessionRow.id == session_id
+        elif job_id is not None:
+            condition = IngestSessionRow.job_id == job_id
+        elif batch_id is not None:
+            if self._local_dead(identity, batch_id) is not None:
+                return None
+            dead = select(BatchRow.session_id).where(
+                BatchRow.batch_id == batch_id,
+                BatchRow.tenant == identity.tenant,
+                BatchRow.state == BatchState.DEAD.value,
+            )
+            condition = IngestSessionRow.id.in_(dead)
+        else:
+            return None
         async with self.store.session() as db:
-            row = await db.scalar(select(IngestSessionRow).where(condition))
+            row = await db.scalar(
+                select(IngestSessionRow)
+                .where(condition, IngestSessionRow.state.not_in([s.value for s in FINAL_STATES]))
+                .limit(1)
+            )
         if row is None or row.tenant != identity.tenant or SessionState(row.state) in FINAL_STATES:
             return None
         return self.config.placement.route(row.owner)
@@ -882,7 +906,9 @@ class IngestService:
     # -- dead-letter queue -------------------------------------------------------------
 
     async def dead_letters(self, identity: Identity) -> list[dict[str, Any]]:
-        """The tenant's batches in the dead-letter queue."""
+        """The tenant's batches in the dead-letter queue: those of the sessions this process
+        holds (from memory), and, with several nodes or workers, those the others hold (from
+        their rows: a batch's row is written when it dies)."""
         found = []
         for session in self.live.values():
             if session.tenant != identity.tenant:
@@ -899,7 +925,40 @@ class IngestService:
                             "failedAt": iso(batch.failed_at) if batch.failed_at else None,
                         }
                     )
+        if self.config.placement.coordinated:
+            async with self.store.session() as db:
+                rows = await db.scalars(
+                    select(BatchRow)
+                    .join(IngestSessionRow, IngestSessionRow.id == BatchRow.session_id)
+                    .where(
+                        BatchRow.tenant == identity.tenant,
+                        BatchRow.state == BatchState.DEAD.value,
+                        IngestSessionRow.state.not_in([s.value for s in FINAL_STATES]),
+                    )
+                )
+                for row in rows:
+                    if row.session_id in self.live:
+                        continue  # this process's own: memory is exact
+                    found.append(
+                        {
+                            "batchId": row.batch_id,
+                            "sessionId": row.session_id,
+                            "recordCount": row.record_count,
+                            "attempts": row.attempts,
+                            "lastError": row.last_error,
+                            "failedAt": iso(row.finished_at) if row.finished_at else None,
+                        }
+                    )
         return sorted(found, key=lambda item: item["batchId"])
+
+    def _local_dead(self, identity: Identity, batch_id: str) -> tuple[LiveSession, Batch] | None:
+        for session in self.live.values():
+            if session.tenant != identity.tenant:
+                continue
+            for batch in session.batches.values():
+                if batch.batch_id == batch_id and batch.state == BatchState.DEAD:
+                    return session, batch
+        return None
 
     async def retry_dead(self, identity: Identity, batch_id: str) -> dict[str, Any]:
         """Put a dead batch back in the queue.
@@ -907,16 +966,14 @@ class IngestService:
         Raises:
             APIError: 404 when no batch of the tenant's DLQ has this id.
         """
-        for session in self.live.values():
-            if session.tenant != identity.tenant:
-                continue
-            for batch in session.batches.values():
-                if batch.batch_id == batch_id and batch.state == BatchState.DEAD:
-                    batch.attempts = 0
-                    await self._write_row(session, batch, BatchState.QUEUED)
-                    self._start_batch(session, batch)
-                    return {"batchId": batch_id, "sessionId": session.id, "status": "queued"}
-        raise APIError.not_found("Batch not found in the dead-letter queue", batchId=batch_id)
+        found = self._local_dead(identity, batch_id)
+        if found is None:
+            raise APIError.not_found("Batch not found in the dead-letter queue", batchId=batch_id)
+        session, batch = found
+        batch.attempts = 0
+        await self._write_row(session, batch, BatchState.QUEUED)
+        self._start_batch(session, batch)
+        return {"batchId": batch_id, "sessionId": session.id, "status": "queued"}
 
     # -- schemas -----------------------------------------------------------------------
 
