@@ -8,19 +8,23 @@ through it, so that which worker takes a request is certain (over TCP the kernel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import httpx
 import orjson
 import pytest
+from moto.server import ThreadedMotoServer
 
 from sluicegate.services.placement import sockets_dir
 from tests.brokers import drop, fresh_url
 from tests.e2e.helpers import eventually
+from tests.s3 import free_port
 from tests.server import UNIT, start_server
 
 if TYPE_CHECKING:
@@ -47,22 +51,31 @@ class Node:
         return sockets_dir(self.data_dir) / f"w{slot}.sock"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    broker = fresh_url("redis")
-    data_dir = tmp_path_factory.mktemp("workers")
+@contextlib.contextmanager
+def two_workers(data_dir: Path, broker: str, **env: str) -> Iterator[Node]:
+    """A node of two workers on the broker at ``broker``."""
     env = {
         "SLUICEGATE_WORKERS": "2",
         "SLUICEGATE_BROKER_URL": broker,
         "SLUICEGATE_API_KEYS": "sk-workers-admin:admin:1,sk-workers-user:user:1",
         "SLUICEGATE_AX_PARSER_SECRET": AX_SECRET,
         "SLUICEGATE_RACE_IDLE_SECONDS": "3600",
+        **env,
     }
     server = start_server(None, data_dir, env)
     try:
         yield Node(server, data_dir)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    broker = fresh_url("redis")
+    try:
+        with two_workers(tmp_path_factory.mktemp("workers"), broker) as started:
+            yield started
+    finally:
         asyncio.run(drop(broker))
 
 
@@ -188,3 +201,60 @@ async def test_a_worker_killed_after_an_acknowledged_upload_is_replaced_and_lose
 
 async def _replaced(node: Node, killed: int) -> bool:
     return _slots(node).get(0) not in (None, killed)
+
+
+async def test_a_dead_batch_is_listed_by_both_workers_and_retried_through_the_other(tmp_path: Path) -> None:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = "workers-dlq"
+    env = {
+        "SLUICEGATE_OBJECT_STORE_URL": f"s3://{bucket}?endpoint={endpoint}&region=us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    moto: ThreadedMotoServer | None = None
+    broker = fresh_url("redis")
+    try:
+        with two_workers(tmp_path / "data", broker, **env) as down:  # nothing listens at the S3 endpoint yet
+            await eventually(lambda: _both_up(down), within=30 * UNIT)
+            async with _client(down, 0) as holder, _client(down, 1) as sibling:
+                body = {"sessionType": "telemetry", "batchSize": 2, "maxRetries": 0}
+                started = await holder.post(f"{API}/sessions/start", json=body, headers=USER)
+                session_id = started.json()["sessionId"]
+                uploaded = await holder.post(
+                    f"{API}/sessions/{session_id}/upload", json={"records": readings(0, 2)}, headers=USER
+                )
+                assert uploaded.status_code == 200, uploaded.text
+
+                async def listed(worker: httpx.AsyncClient) -> list[dict[str, Any]]:
+                    batches: list[dict[str, Any]] = (await worker.get(f"{API}/dlq", headers=USER)).json()["batches"]
+                    return batches
+
+                on_holder = await eventually(lambda: listed(holder), within=15 * UNIT)
+                assert await listed(sibling) == on_holder  # the sibling reads it from the batch's row
+                assert [(b["sessionId"], b["recordCount"]) for b in on_holder] == [(session_id, 2)]
+                batch_id = on_holder[0]["batchId"]
+
+                moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+                moto.start()
+                boto3.client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    region_name="us-east-1",
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing",
+                ).create_bucket(Bucket=bucket)
+                retried = await sibling.post(f"{API}/dlq/{batch_id}/retry", headers=USER)  # passed on to the holder
+                assert retried.status_code == 202, retried.text
+                assert retried.json() == {"batchId": batch_id, "sessionId": session_id, "status": "queued"}
+
+                async def stored() -> bool:
+                    status = (await sibling.get(f"{API}/sessions/{session_id}/status", headers=USER)).json()
+                    return bool(status["statistics"]["totalAtomsCreated"] == 2)
+
+                await eventually(stored, within=15 * UNIT)
+                assert await listed(sibling) == [] and await listed(holder) == []
+    finally:
+        await drop(broker)
+        if moto is not None:
+            moto.stop()
