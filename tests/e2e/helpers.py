@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     import httpx
+    from websockets.asyncio.client import ClientConnection
 
 
 async def read_events(client: httpx.AsyncClient, url: str, count: int, **kwargs: Any) -> list[SSEEvent]:
@@ -160,3 +161,17 @@ class RawSSEClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def receive_until(ws: ClientConnection, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """WebSocket messages (JSON) until ``done`` says they are enough."""
+    messages: list[dict[str, Any]] = []
+    async with asyncio.timeout(5 * UNIT):
+        while not done(messages):
+            messages.append(loads(await ws.recv()))
+    return messages
+
+
+def types(messages: list[dict[str, Any]]) -> list[str]:
+    """The ``type`` of each message."""
+    return [m["type"] for m in messages]

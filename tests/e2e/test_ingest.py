@@ -27,14 +27,12 @@ from websockets.exceptions import InvalidStatus
 
 from sluicegate.clock import ManualClock
 from sluicegate.security.identity import TokenService
-from tests.e2e.helpers import eventually, loads, read_events
+from tests.e2e.helpers import eventually, loads, read_events, receive_until, types
 from tests.seeds import IOT_SENSORS_V1 as SEED_SCHEMA
 from tests.server import UNIT, start_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from websockets.asyncio.client import ClientConnection
 
     from sluicegate.streaming.sse import SSEEvent
     from tests.server import Server
@@ -908,18 +906,6 @@ async def test_another_tenant_gets_404_everywhere(server: Server) -> None:
 
 
 # -- 11. WebSocket -------------------------------------------------------------------------
-
-
-async def receive_until(ws: ClientConnection, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    async with asyncio.timeout(5 * UNIT):
-        while not done(messages):
-            messages.append(loads(await ws.recv()))
-    return messages
-
-
-def types(messages: list[dict[str, Any]]) -> list[str]:
-    return [m["type"] for m in messages]
 
 
 async def test_websocket_uploads_and_events_and_errors_keep_the_socket_open(server: Server) -> None:

@@ -20,10 +20,11 @@ import httpx
 import orjson
 import pytest
 from moto.server import ThreadedMotoServer
+from websockets.asyncio.client import unix_connect
 
 from sluicegate.services.placement import sockets_dir
 from tests.brokers import drop, fresh_url
-from tests.e2e.helpers import eventually
+from tests.e2e.helpers import eventually, receive_until, types
 from tests.s3 import free_port
 from tests.server import UNIT, start_server
 
@@ -258,3 +259,27 @@ async def test_a_dead_batch_is_listed_by_both_workers_and_retried_through_the_ot
         await drop(broker)
         if moto is not None:
             moto.stop()
+
+
+async def test_the_session_websocket_uploads_through_a_worker_that_does_not_hold_the_session(
+    node: Node, workers: list[httpx.AsyncClient]
+) -> None:
+    holder, _ = workers
+    body = {"sessionType": "telemetry", "batchSize": 2}
+    started = await holder.post(f"{API}/sessions/start", json=body, headers=USER)
+    session_id = started.json()["sessionId"]
+    uri = f"ws://worker{API}/sessions/{session_id}/ws"
+    async with unix_connect(str(node.socket(1)), uri, additional_headers=USER) as ws:  # the sibling
+        await ws.send(orjson.dumps({"type": "telemetry", "records": readings(0, 2)}).decode())
+        first = await receive_until(ws, lambda got: {"upload-accepted", "batch-processed"} <= set(types(got)))
+        await ws.send(orjson.dumps({"type": "telemetry", "records": [{"values": {"n": 1}}]}).decode())
+        refused = await receive_until(ws, lambda got: "error" in types(got))
+    accepted = next(m for m in first if m["type"] == "upload-accepted")
+    assert (accepted["sessionId"], accepted["recordsReceived"], accepted["status"]) == (session_id, 2, "active")
+    processed = next(m for m in first if m["type"] == "batch-processed")  # the holder's event, from the broker
+    assert processed["batchId"] == accepted["batchId"] and processed["atomsCreated"] == 2
+    error = next(m for m in refused if m["type"] == "error")  # the holder's refusal, passed back
+    assert error["errorCode"] == "invalid_argument" and error["error"] == "Invalid data format"
+    assert error["invalidRecords"][0]["field"] == "timestamp"
+    status = (await holder.get(f"{API}/sessions/{session_id}/status", headers=USER)).json()
+    assert status["statistics"]["totalRecordsReceived"] == 2

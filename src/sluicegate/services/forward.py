@@ -25,7 +25,7 @@ from sluicegate.errors import APIError
 from sluicegate.services.placement import UNIX
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
+    from starlette.requests import HTTPConnection, Request
     from starlette.types import Scope
 
     from sluicegate.clock import Clock
@@ -135,14 +135,29 @@ class Forwarder:
         Raises:
             APIError: 503 when the node cannot be reached or does not answer in time.
         """
-        session, base = self._client(node)
-        method: str = scope["method"]
-        target = _target(scope)
         headers = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in scope.get("headers", ())
             if name.decode("latin-1") in _PASSED
         }
+        return await self._send(scope["method"], _target(scope), body, headers, node)
+
+    async def post_for(self, connection: HTTPConnection, target: str, body: bytes, node: str) -> Response:
+        """POST ``body`` (JSON) to ``target`` on ``node`` with the credentials of
+        ``connection``: how a WebSocket's messages are passed on one by one.
+
+        Raises:
+            APIError: 503 when the node cannot be reached or does not answer in time.
+        """
+        headers = {name: value for name, value in connection.headers.items() if name in _PASSED}
+        token = connection.query_params.get("access_token")  # browsers' WebSockets cannot set headers
+        if token and "authorization" not in headers and "x-api-key" not in headers:
+            headers["authorization"] = f"Bearer {token}"
+        headers["content-type"] = "application/json"
+        return await self._send("POST", target, body, headers, node)
+
+    async def _send(self, method: str, target: str, body: bytes, headers: dict[str, str], node: str) -> Response:
+        session, base = self._client(node)
         headers[FORWARDED_HEADER] = self.sign(method, target)
         try:
             async with session.request(method, base + target, data=body, headers=headers) as answer:

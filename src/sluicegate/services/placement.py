@@ -154,7 +154,7 @@ class WorkerSocket:
             uds=str(self.path),
             lifespan="off",
             http="httptools",
-            ws="none",
+            ws="websockets-sansio",
             log_config=None,
             access_log=False,
             proxy_headers=False,

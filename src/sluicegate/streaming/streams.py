@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
+    from starlette.requests import HTTPConnection
+
     from sluicegate.streaming.codec import Frame, MessageCodec
     from sluicegate.streaming.outbox import Outbox
 
@@ -43,16 +45,27 @@ class StreamInfo:
         last_event_id: where the client asks to resume from (``Last-Event-ID``
             header or ``lastEventId`` query), or ``None``.
         auth: the caller's auth data when the endpoint has ``auth=True``.
+        connection: the request that opened the stream (its headers and query), when
+            the stream was opened by one.
     """
 
-    __slots__ = ("auth", "id", "last_event_id", "path", "transport")
+    __slots__ = ("auth", "connection", "id", "last_event_id", "path", "transport")
 
-    def __init__(self, *, path: str, transport: Transport, last_event_id: str | None, auth: Any) -> None:
+    def __init__(
+        self,
+        *,
+        path: str,
+        transport: Transport,
+        last_event_id: str | None,
+        auth: Any,
+        connection: HTTPConnection | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.path = path
         self.transport: Transport = transport
         self.last_event_id = last_event_id
         self.auth = auth
+        self.connection = connection
 
 
 class _Sender(Generic[OutT]):

@@ -129,7 +129,9 @@ class StreamApp:
         handshake = None
         if self.endpoint.handshake_model is not None:
             handshake = build_handshake(self.endpoint.handshake_model, conn)
-        info = StreamInfo(path=self.endpoint.path, transport=transport, last_event_id=last_event_id(conn), auth=auth)
+        info = StreamInfo(
+            path=self.endpoint.path, transport=transport, last_event_id=last_event_id(conn), auth=auth, connection=conn
+        )
         return handshake, info, headers
 
     async def _invoke(self, handshake: BaseModel | None, stream: Any) -> Any:

@@ -397,6 +397,25 @@ class IngestRoutes:
         async def retry_dead(batchId: str, identity: AnyIdentity) -> dict[str, Any]:
             return await service.retry_dead(identity, batchId)
 
+    async def _ws_upload(
+        self, stream: StreamInOut[Any, Any], body: bytes, session: LiveSession | None, node: str | None, target: str
+    ) -> dict[str, Any]:
+        """A WebSocket upload's answer (``upload-accepted`` or ``error``): made here when this
+        process holds the session, else by the holder, to which the upload is passed on."""
+        try:
+            if session is not None:
+                return {"type": "upload-accepted", **await self.service.accept(session, body, time.monotonic())}
+            connection = stream.info.connection
+            if node is None or self.forwarder is None or connection is None:  # pragma: no cover - set by the app
+                raise APIError.failed_precondition("This session is held by another process: upload over HTTP")
+            answer = await self.forwarder.post_for(connection, target, body, node)
+        except APIError as exc:
+            return {"type": "error", "errorCode": exc.code.value, **exc.body()}
+        answered = orjson.loads(bytes(answer.body))
+        if answer.status_code == 200:
+            return {"type": "upload-accepted", **answered}
+        return {"type": "error", "errorCode": answered.get("code"), **answered}
+
     # -- streams -----------------------------------------------------------------------
 
     def _stream_routes(self) -> None:
@@ -425,23 +444,20 @@ class IngestRoutes:
             """Events as `{"type": ...}` messages; send `{"type": "telemetry", "records": [...]}` to upload."""
             import asyncio
 
-            if await service.holder(stream.auth, session_id=handshake.sessionId) is not None:
-                raise APIError.failed_precondition(
-                    "This session is held by another node: upload over HTTP (any node passes it on), "
-                    "or follow its events at /events on any node"
-                )
-            session = await service.live_session(stream.auth, handshake.sessionId)
-            subscription = await service.broker.subscribe(session.channel, after=stream.last_event_id)
+            node = await service.holder(stream.auth, session_id=handshake.sessionId)
+            session: LiveSession | None = None
+            if node is None:
+                session = await service.live_session(stream.auth, handshake.sessionId)
+                channel = session.channel
+            else:  # held by another node or worker: events from the broker, uploads passed on
+                found = await service.find(stream.auth, handshake.sessionId)
+                channel = f"ingest/t{found.tenant}/{found.id}"
+            subscription = await service.broker.subscribe(channel, after=stream.last_event_id)
+            target = f"{self.router.prefix}/sessions/{handshake.sessionId}/upload"
 
             async def uploads() -> None:
                 async for message in stream:
-                    started = time.monotonic()
-                    try:
-                        result = await service.accept(session, orjson.dumps(message), started)
-                    except APIError as exc:
-                        await stream.send({"type": "error", "errorCode": exc.code.value, **exc.body()})
-                        continue
-                    await stream.send({"type": "upload-accepted", **result})
+                    await stream.send(await self._ws_upload(stream, orjson.dumps(message), session, node, target))
 
             tasks = {
                 asyncio.create_task(follow(stream, subscription, _ws_frame, gap_frame=_ws_gap)),
