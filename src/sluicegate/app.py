@@ -408,7 +408,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_middleware(ErrorBoundary)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, passed_on=forwarder.verified)
 
     app.include_router(_health_router(engines, metrics))
     app.include_router(auth_routes.router)

@@ -140,7 +140,12 @@ async def test_race_points_posted_to_either_worker_are_collected_by_the_one_sess
     described = (await sibling.get(f"/api/races/sessions/{session_id}", headers=ADMIN)).json()
     closed = await sibling.post(f"/api/races/sessions/{session_id}/close", headers=ADMIN)
     data = await sibling.get(f"/api/races/sessions/{session_id}/data", headers=ADMIN)
+    scraped = (await holder.get("/metrics")).text  # summed over both workers
     assert acks == list(range(1, 11))  # one count: the holder's
+    route = 'route="/api/streams/races/{stream}/data",status="200"'
+    counted = "sluicegate_http_requests_total{"
+    posted = [line for line in scraped.splitlines() if line.startswith(counted) and route in line]
+    assert [float(line.rsplit(" ", 1)[1]) for line in posted] == [10.0]  # those passed on are not counted twice
     assert described["data_points"] == 10
     assert closed.status_code == 200, closed.text
     assert closed.json()["archived_keys"] == [f"races/car-9/{session_id}/000001.jsonl.zst"]

@@ -93,14 +93,21 @@ class IngestApp:
             return
         except APIError as exc:
             await error_response(send, exc)
-            self.metrics.http_requests.labels("POST", ROUTE, str(exc.status)).inc()
+            if not self._passed_on(scope):
+                self.metrics.http_requests.labels("POST", ROUTE, str(exc.status)).inc()
             return
         body = orjson.dumps({"status": "data_received", "timestamp": received_at, "data_points": total})
         headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        if self._passed_on(scope):
+            return
         self._ok.inc()
         self._latency.observe(time.perf_counter() - started)
+
+    def _passed_on(self, scope: Scope) -> bool:
+        """Whether another node or worker passed this point on (and counted it)."""
+        return self.forwarder is not None and self.forwarder.verified(scope)
 
     def _check_secret(self, scope: Scope) -> None:
         query: bytes = scope["query_string"]
