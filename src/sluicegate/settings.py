@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     node_url: str | None = Field(
         None,
         pattern=r"^https?://[^/?#]+$",
+        max_length=190,  # recorded as sessions' owner (200 characters), with "#w<slot>" on multi-worker nodes
         description=(
             "How the other nodes reach this one (http://10.0.0.5:8000), set on each node when several share "
             "a database: a node forwards requests for an ingestion session to the node that holds it."
