@@ -36,8 +36,10 @@ from sluicegate.services.channels import ChannelService
 from sluicegate.services.forward import Forwarded, Forwarder
 from sluicegate.services.generate import GenerateRoutes, GenerateService
 from sluicegate.services.ingest import IngestConfig, IngestRoutes, IngestService
-from sluicegate.services.placement import Placement, WorkerSocket, claim_slot, sockets_dir
+from sluicegate.services.ingest.models import IngestSessionRow
+from sluicegate.services.placement import OrphanedSlots, Placement, WorkerSocket, claim_slot, sockets_dir
 from sluicegate.services.races import RaceConfig, RaceRoutes, RaceService
+from sluicegate.services.races.models import RaceSessionRow
 from sluicegate.settings import Settings
 from sluicegate.streaming.config import StreamConfig
 from sluicegate.streaming.openapi import add_stream_paths
@@ -341,7 +343,12 @@ def create_app(
     limiter = RateLimiter.from_settings(settings, on_reject=lambda group: metrics.rate_limited.labels(group).inc())
     if not settings.broker_url.startswith("memory") and not limiter.shared:
         log.warning("rate limits are counted by each node alone: set SLUICEGATE_REDIS_URL so that nodes share them")
-    engines: list[Engine] = [store, broker, RateLimitEngine(limiter), objects, races, ingest, llm, forwarder]
+    # Sessions of worker slots this node no longer runs move to this process before the
+    # services recover theirs.
+    orphans = OrphanedSlots(
+        placement, store, settings.workers, settings.data_dir, [(RaceSessionRow, "races"), (IngestSessionRow, "ingest")]
+    )
+    engines: list[Engine] = [store, orphans, broker, RateLimitEngine(limiter), objects, races, ingest, llm, forwarder]
     if worker_socket is not None:
         engines.append(worker_socket)  # last: siblings reach this worker once everything is open
     tokens = TokenService(secret, clock=clock)

@@ -82,14 +82,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 def _slots(node: Node) -> dict[int, int]:
     """Worker slot -> process id, from the workers' logs (the latest for each slot)."""
-    return {int(s): int(p) for s, p in re.findall(r"worker slot (\d) of 2 is process (\d+)", node.log)}
+    return {int(s): int(p) for s, p in re.findall(r"worker slot (\d+) of \d+ is process (\d+)", node.log)}
 
 
-async def _both_up(node: Node) -> bool:
-    """Both workers have started and answer on their sockets (a dead one's may be left)."""
-    if len(_slots(node)) < 2:
+async def _both_up(node: Node, workers: int = 2) -> bool:
+    """Every worker has started and answers on its socket (a dead one's may be left)."""
+    if len(_slots(node)) < workers:
         return False
-    for slot in (0, 1):
+    for slot in range(workers):
         try:
             async with _client(node, slot) as client:
                 if (await client.get("/healthz")).status_code != 200:
@@ -288,3 +288,45 @@ async def test_the_session_websocket_uploads_through_a_worker_that_does_not_hold
     assert error["invalidRecords"][0]["field"] == "timestamp"
     status = (await holder.get(f"{API}/sessions/{session_id}/status", headers=USER)).json()
     assert status["statistics"]["totalRecordsReceived"] == 2
+
+
+async def test_the_sessions_of_a_worker_slot_that_is_gone_are_taken_over(tmp_path: Path) -> None:
+    broker = fresh_url("redis")
+    data_dir = tmp_path / "data"
+    try:
+        with two_workers(data_dir, broker, SLUICEGATE_WORKERS="3") as three:
+            await eventually(lambda: _both_up(three, 3), within=30 * UNIT)
+            async with _client(three, 2) as third:  # the slot that will be gone
+                created = await third.post("/api/races/sessions", json={"stream": "car-3"}, headers=ADMIN)
+                race_id = created.json()["id"]
+                for lap in range(3):
+                    point = {"data": {"lap": lap}, "type": "lap", "platform": "ax"}
+                    ack = await third.post("/api/streams/races/car-3/data", params={"secret": AX_SECRET}, json=point)
+                    assert ack.status_code == 200, ack.text
+                body = {"sessionType": "telemetry", "batchSize": 1000, "maxBatchDelayMs": 60000}
+                started = await third.post(f"{API}/sessions/start", json=body, headers=USER)
+                session_id = started.json()["sessionId"]
+                upload = f"{API}/sessions/{session_id}/upload"
+                uploaded = await third.post(upload, json={"records": readings(0, 4)}, headers=USER)
+                assert uploaded.status_code == 200, uploaded.text
+        # Stopped (the spools stay), and started again with one worker less.
+        with two_workers(data_dir, broker) as two:
+            await eventually(lambda: _both_up(two), within=30 * UNIT)
+            async with httpx.AsyncClient(base_url=two.server.url, timeout=10 * UNIT) as any_worker:
+                described = (await any_worker.get(f"/api/races/sessions/{race_id}", headers=ADMIN)).json()
+                closed = await any_worker.post(f"/api/races/sessions/{race_id}/close", headers=ADMIN)
+                data = await any_worker.get(f"/api/races/sessions/{race_id}/data", headers=ADMIN)
+                ended = await any_worker.post(
+                    f"{API}/sessions/{session_id}/end", json={"waitForCompletion": True}, headers=USER
+                )
+                records = await any_worker.get(f"{API}/sessions/{session_id}/records", headers=USER)
+            adopted = two.log
+    finally:
+        await drop(broker)
+    assert "worker slot 2 is gone" in adopted
+    assert described["data_points"] == 3
+    assert closed.status_code == 200, closed.text
+    assert [orjson.loads(line)["data"]["lap"] for line in data.content.splitlines()] == [0, 1, 2]
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "completed"
+    assert [orjson.loads(line)["values"]["n"] for line in records.content.splitlines()] == [0, 1, 2, 3]

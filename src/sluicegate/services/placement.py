@@ -19,20 +19,26 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import uvicorn
+from sqlalchemy import update
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from starlette.types import ASGIApp
 
-__all__ = ["ALONE", "Placement", "WorkerSocket", "claim_slot", "sockets_dir"]
+    from sluicegate.engines.store import Store
+
+log = logging.getLogger("sluicegate.placement")
+
+__all__ = ["ALONE", "OrphanedSlots", "Placement", "WorkerSocket", "claim_slot", "sockets_dir"]
 
 UNIX = "unix:"
 
@@ -113,15 +119,9 @@ def claim_slot(data_dir: Path, workers: int) -> tuple[int, IO[bytes]]:
     folder = data_dir / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     for slot in range(workers):
-        handle = (folder / f"w{slot}.lock").open("ab")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        with contextlib.suppress(OSError):
-            os.set_inheritable(handle.fileno(), False)
-        return slot, handle
+        handle = _try_lock(folder / f"w{slot}.lock")
+        if handle is not None:
+            return slot, handle
     raise RuntimeError(f"all {workers} worker slots of {folder} are taken: is another server using this data folder?")
 
 
@@ -177,3 +177,86 @@ class WorkerSocket:
 
     async def check(self) -> None:
         """Nothing to check: the worker's own server answers for it."""
+
+
+class OrphanedSlots:
+    """Adopts the sessions of worker slots this node no longer runs (``--workers`` was
+    lowered): their spool folders move into this worker's, then their rows name this
+    worker as owner (in that order, so that a crash in between loses nothing: the rows
+    still name the old slot, whose folders are already here, and the next start moves
+    nothing and renames the owner). An engine opened after the database and before the
+    services that recover sessions.
+
+    Args:
+        placement: this process.
+        store: the database.
+        workers: the node's workers now.
+        data_dir: the node's data folder.
+        holdings: each service's session row class (with an ``owner`` column) and the
+            name of its folder under ``data_dir`` (``races``, ``ingest``).
+    """
+
+    name = "orphaned_slots"
+
+    def __init__(
+        self, placement: Placement, store: Store, workers: int, data_dir: Path, holdings: list[tuple[Any, str]]
+    ) -> None:
+        self.placement = placement
+        self.store = store
+        self.workers = workers
+        self.data_dir = data_dir
+        self.holdings = holdings
+
+    async def open(self) -> None:
+        for slot, lock in await asyncio.to_thread(self._orphans):
+            handle = await asyncio.to_thread(_try_lock, lock)
+            if handle is None:
+                continue  # a process of that slot still runs (a restart in progress)
+            try:
+                await self._adopt(slot)
+                await asyncio.to_thread(lock.unlink, True)
+            finally:
+                handle.close()
+
+    def _orphans(self) -> list[tuple[int, Path]]:
+        folder = self.data_dir / "workers"
+        if not folder.is_dir():
+            return []
+        found = [(lock.stem[1:], lock) for lock in folder.glob("w*.lock")]
+        return sorted((int(slot), lock) for slot, lock in found if slot.isdigit() and int(slot) >= self.workers)
+
+    async def _adopt(self, slot: int) -> None:
+        old = Placement(node_url=self.placement.node_url, slot=slot).owner
+        mine = self.placement.owner
+        for row, kind in self.holdings:
+            gone = self.data_dir / kind / f"spool-w{slot}"
+            here = self.data_dir / kind / ("spool" if not self.placement.slot else f"spool-w{self.placement.slot}")
+            await asyncio.to_thread(_move_all, gone, here)
+            async with self.store.session() as db:
+                await db.execute(update(row).where(row.owner == old).values(owner=mine))
+        log.info("worker slot %d is gone: its sessions are now held by %s", slot, mine or "this node")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def check(self) -> None:
+        """Nothing to check."""
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def _move_all(source: Path, target: Path) -> None:
+    if not source.is_dir():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        entry.rename(target / entry.name)
+    source.rmdir()
