@@ -286,8 +286,7 @@ def create_app(
     challenges = ChallengeService(store, broker, clock)
     metrics = Metrics(settings.metrics_namespace)
     placement, worker_socket = _placement(settings)
-    # A worker keeps its spools apart from its siblings' (slot 0 where a single worker does).
-    spools = "spool" if not placement.slot else f"spool-w{placement.slot}"
+    spools = placement.spools  # a worker keeps its spools apart from its siblings'
     races = RaceService(
         store,
         objects,

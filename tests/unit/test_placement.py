@@ -35,6 +35,7 @@ def test_workers_of_one_node_pass_on_to_their_siblings_socket(tmp_path: Path) ->
     w1 = Placement(node_url=A, slot=1, sockets=tmp_path)
     assert w0.owner == A  # slot 0 is named as a single-worker node is: its sessions stay its own
     assert w1.owner == f"{A}#w1"
+    assert (ALONE.spools, w0.spools, w1.spools) == ("spool", "spool", "spool-w1")
     assert w0.route(w1.owner) == f"unix:{tmp_path / 'w1.sock'}"
     assert w1.route(w0.owner) == f"unix:{tmp_path / 'w0.sock'}"
     assert w1.route(None) is None  # recorded before the node was named: nobody's to pass on to

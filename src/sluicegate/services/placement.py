@@ -69,6 +69,12 @@ class Placement:
             return self.node_url
         return f"{self.node_url or ''}#w{self.slot}"
 
+    @property
+    def spools(self) -> str:
+        """The name of this process's spool folders (``spool``; ``spool-w<slot>`` for the
+        workers of a node but slot 0, which keeps a single worker's)."""
+        return f"spool-w{self.slot}" if self.slot else "spool"
+
     def socket(self, slot: int) -> Path:
         """Where worker ``slot`` of this node listens."""
         assert self.sockets is not None  # noqa: S101 -- only asked on multi-worker nodes
@@ -226,14 +232,13 @@ class OrphanedSlots:
         return sorted((int(slot), lock) for slot, lock in found if slot.isdigit() and int(slot) >= self.workers)
 
     async def _adopt(self, slot: int) -> None:
-        old = Placement(node_url=self.placement.node_url, slot=slot).owner
+        old = Placement(node_url=self.placement.node_url, slot=slot)
         mine = self.placement.owner
         for row, kind in self.holdings:
-            gone = self.data_dir / kind / f"spool-w{slot}"
-            here = self.data_dir / kind / ("spool" if not self.placement.slot else f"spool-w{self.placement.slot}")
-            await asyncio.to_thread(_move_all, gone, here)
+            folder = self.data_dir / kind
+            await asyncio.to_thread(_move_all, folder / old.spools, folder / self.placement.spools)
             async with self.store.session() as db:
-                await db.execute(update(row).where(row.owner == old).values(owner=mine))
+                await db.execute(update(row).where(row.owner == old.owner).values(owner=mine))
         log.info("worker slot %d is gone: its sessions are now held by %s", slot, mine or "this node")
 
     async def close(self) -> None:
