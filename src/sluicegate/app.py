@@ -414,7 +414,9 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_middleware(ErrorBoundary)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, passed_on=forwarder.verified)
+    # Only nodes or workers that pass requests on need to recognise them (a header scan).
+    passed_on = forwarder.verified if placement.coordinated else None
+    app.add_middleware(MetricsMiddleware, metrics=metrics, passed_on=passed_on)
 
     app.include_router(_health_router(engines, metrics))
     app.include_router(auth_routes.router)

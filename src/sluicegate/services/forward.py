@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["FORWARDED_HEADER", "Forwarded", "Forwarder"]
 
 FORWARDED_HEADER = "x-sluicegate-forwarded"
+_FORWARDED_KEY = FORWARDED_HEADER.encode()
 #: Seconds a signature stays valid (nodes' clocks may differ by that much).
 MAX_AGE_SECONDS = 60
 #: Request headers passed on: credentials and what describes the body.
@@ -109,7 +110,7 @@ class Forwarder:
 
     def verified(self, scope: Scope) -> bool:
         """Whether the request was forwarded by another node (a fresh, valid signature)."""
-        value = next((v for k, v in scope.get("headers", ()) if k == FORWARDED_HEADER.encode()), None)
+        value = next((v for k, v in scope.get("headers", ()) if k == _FORWARDED_KEY), None)
         if value is None:
             return False
         stamp_text, _, signature = value.decode("latin-1").partition(".")

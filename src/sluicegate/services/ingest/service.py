@@ -66,6 +66,7 @@ from sluicegate.services.ingest.validation import Schema, parse_schema, timestam
 from sluicegate.services.placement import ALONE, Placement
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import datetime
     from pathlib import Path
 
@@ -200,6 +201,20 @@ class LiveSession:
 
     def key(self, seq: int) -> str:
         return f"ingest/t{self.tenant}/{self.id}/{seq:06d}"
+
+
+def _dlq_entry(
+    batch_id: str, session_id: str, count: int, attempts: int, last_error: str | None, failed_at: datetime | None
+) -> dict[str, Any]:
+    """A batch as ``GET /dlq`` lists it."""
+    return {
+        "batchId": batch_id,
+        "sessionId": session_id,
+        "recordCount": count,
+        "attempts": attempts,
+        "lastError": last_error,
+        "failedAt": iso(failed_at) if failed_at else None,
+    }
 
 
 def _atomize(data: bytes, digests: bytes, level: int) -> tuple[str, bytes]:
@@ -909,22 +924,10 @@ class IngestService:
         """The tenant's batches in the dead-letter queue: those of the sessions this process
         holds (from memory), and, with several nodes or workers, those the others hold (from
         their rows: a batch's row is written when it dies)."""
-        found = []
-        for session in self.live.values():
-            if session.tenant != identity.tenant:
-                continue
-            for batch in session.batches.values():
-                if batch.state == BatchState.DEAD:
-                    found.append(
-                        {
-                            "batchId": batch.batch_id,
-                            "sessionId": session.id,
-                            "recordCount": batch.count,
-                            "attempts": batch.attempts,
-                            "lastError": batch.last_error,
-                            "failedAt": iso(batch.failed_at) if batch.failed_at else None,
-                        }
-                    )
+        found = [
+            _dlq_entry(b.batch_id, s.id, b.count, b.attempts, b.last_error, b.failed_at)
+            for s, b in self._dead_batches(identity)
+        ]
         if self.config.placement.coordinated:
             async with self.store.session() as db:
                 rows = await db.scalars(
@@ -934,31 +937,24 @@ class IngestService:
                         BatchRow.tenant == identity.tenant,
                         BatchRow.state == BatchState.DEAD.value,
                         IngestSessionRow.state.not_in([s.value for s in FINAL_STATES]),
+                        IngestSessionRow.id.not_in(list(self.live)),  # this process's own: memory is exact
                     )
                 )
-                for row in rows:
-                    if row.session_id in self.live:
-                        continue  # this process's own: memory is exact
-                    found.append(
-                        {
-                            "batchId": row.batch_id,
-                            "sessionId": row.session_id,
-                            "recordCount": row.record_count,
-                            "attempts": row.attempts,
-                            "lastError": row.last_error,
-                            "failedAt": iso(row.finished_at) if row.finished_at else None,
-                        }
-                    )
+                found.extend(
+                    _dlq_entry(r.batch_id, r.session_id, r.record_count, r.attempts, r.last_error, r.finished_at)
+                    for r in rows
+                )
         return sorted(found, key=lambda item: item["batchId"])
 
-    def _local_dead(self, identity: Identity, batch_id: str) -> tuple[LiveSession, Batch] | None:
+    def _dead_batches(self, identity: Identity) -> Iterator[tuple[LiveSession, Batch]]:
         for session in self.live.values():
-            if session.tenant != identity.tenant:
-                continue
-            for batch in session.batches.values():
-                if batch.batch_id == batch_id and batch.state == BatchState.DEAD:
-                    return session, batch
-        return None
+            if session.tenant == identity.tenant:
+                for batch in session.batches.values():
+                    if batch.state == BatchState.DEAD:
+                        yield session, batch
+
+    def _local_dead(self, identity: Identity, batch_id: str) -> tuple[LiveSession, Batch] | None:
+        return next(((s, b) for s, b in self._dead_batches(identity) if b.batch_id == batch_id), None)
 
     async def retry_dead(self, identity: Identity, batch_id: str) -> dict[str, Any]:
         """Put a dead batch back in the queue.
