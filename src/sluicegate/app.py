@@ -7,8 +7,10 @@ import asyncio
 import gc
 import logging
 import os
+import secrets
+import socket
 from contextlib import asynccontextmanager, suppress
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -20,9 +22,12 @@ from starlette.routing import Match, Route, WebSocketRoute
 
 import sluicegate
 from sluicegate.clock import Clock, SystemClock
+from sluicegate.edge import ENGINE_ERRORS, api_error
 from sluicegate.engines.broker import broker_from_url
+from sluicegate.engines.log import default_log_url, log_from_url
 from sluicegate.engines.objects import object_store_from_url
 from sluicegate.engines.store import Store, default_database_url
+from sluicegate.engines.store.leases import Leases
 from sluicegate.errors import APIError, ErrCode, invalid_fields
 from sluicegate.observability.metrics import Metrics, MetricsMiddleware
 from sluicegate.observability.streams import StreamTelemetry
@@ -33,13 +38,9 @@ from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, Toke
 from sluicegate.security.ratelimit import RateLimitEngine, RateLimiter
 from sluicegate.services.challenges import ChallengeService
 from sluicegate.services.channels import ChannelService
-from sluicegate.services.forward import Forwarded, Forwarder
 from sluicegate.services.generate import GenerateRoutes, GenerateService
 from sluicegate.services.ingest import IngestConfig, IngestRoutes, IngestService
-from sluicegate.services.ingest.models import IngestSessionRow
-from sluicegate.services.placement import OrphanedSlots, Placement, WorkerSocket, claim_slot, sockets_dir
 from sluicegate.services.races import RaceConfig, RaceRoutes, RaceService
-from sluicegate.services.races.models import RaceSessionRow
 from sluicegate.settings import Settings
 from sluicegate.streaming.config import StreamConfig
 from sluicegate.streaming.openapi import add_stream_paths
@@ -52,14 +53,13 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from sluicegate.engines import Engine
+    from sluicegate.engines.log import SessionLog
     from sluicegate.security.auth import Authenticator
     from sluicegate.streaming.endpoints import StreamEndpoint, StreamRouter
 
 __all__ = ["create_app", "json_response"]
 
 log = logging.getLogger("sluicegate")
-#: The worker-slot lock of this process (several workers on one node), held until it exits.
-_SLOT_LOCKS: list[IO[bytes]] = []
 
 _STATUS_CODES = {
     400: ErrCode.INVALID_ARGUMENT,
@@ -85,9 +85,13 @@ async def _api_error_handler(request: Request, exc: Exception) -> Response:
     return _error_response(exc)
 
 
-async def _forwarded_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Forwarded)  # noqa: S101 -- registered for Forwarded only
-    return exc.response
+async def _engine_error_handler(request: Request, exc: Exception) -> Response:
+    error = api_error(exc)
+    if error is None:  # pragma: no cover - registered for the engine errors only
+        raise exc
+    if error.status >= 500:
+        log.error("request failed with %s: %s (%s)", error.code.value, error.message, exc)
+    return json_response(error.body(), error.status, error.headers)
 
 
 async def _validation_handler(request: Request, exc: Exception) -> Response:
@@ -199,16 +203,13 @@ class SluicegateApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def _placement(settings: Settings) -> tuple[Placement, WorkerSocket | None]:
-    """This process's place among session holders; on a node of several workers, its slot
-    (held while the process lives) and the socket its siblings reach it on."""
-    if settings.workers <= 1:
-        return Placement(node_url=settings.node_url), None
-    slot, lock = claim_slot(settings.data_dir, settings.workers)
-    _SLOT_LOCKS.append(lock)  # kept open (and locked) for the life of the process
-    placement = Placement(node_url=settings.node_url, slot=slot, sockets=sockets_dir(settings.data_dir))
-    log.info("worker slot %d of %d is process %d", slot, settings.workers, os.getpid())
-    return placement, WorkerSocket(placement.socket(slot))
+def _holder(session_log: SessionLog) -> str:
+    """This process's name in the leases: random for each process on a shared log; the
+    spool's own identity on the spool, which one process at a time uses, so that a node
+    restarted after a crash takes its sessions back at once instead of a lease later."""
+    if not session_log.shared:
+        return session_log.identity[:100]
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: StreamConfig) -> list[StreamEndpoint]:
@@ -285,51 +286,56 @@ def create_app(
     channels = ChannelService(broker, max_message_bytes=settings.channel_max_message_bytes)
     challenges = ChallengeService(store, broker, clock)
     metrics = Metrics(settings.metrics_namespace)
-    placement, worker_socket = _placement(settings)
-    spools = placement.spools  # a worker keeps its spools apart from its siblings'
+    if os.environ.get("SLUICEGATE_NODE_URL"):
+        log.warning("SLUICEGATE_NODE_URL is no longer used: every node serves every session (docs/deployment.md)")
+    session_log = log_from_url(
+        settings.log_url or default_log_url(settings.broker_url),
+        data_dir=settings.data_dir,
+        fsync={"races/": settings.race_fsync, "ingest/": settings.ingest_fsync},
+        clock=clock,
+    )
+    leases = Leases(store, clock, holder=_holder(session_log), seconds=settings.lease_seconds)
     races = RaceService(
         store,
         objects,
+        session_log,
+        broker,
+        leases,
         clock,
         RaceConfig(
-            spool_dir=settings.data_dir / "races" / spools,
             idle_seconds=settings.race_idle_seconds,
             zstd_level=settings.race_zstd_level,
-            fsync=settings.race_fsync,
             retry_initial_seconds=settings.race_retry_initial_seconds,
             retry_max_seconds=settings.race_retry_max_seconds,
             close_wait_seconds=settings.race_close_wait_seconds,
-            placement=placement,
+            max_buffer_bytes=settings.race_max_buffer_bytes,
         ),
         metrics,
     )
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else load_or_create_secret(settings.data_dir)
-    forwarder = Forwarder(secret.encode(), clock)
     race_routes = RaceRoutes(
         races,
         secret=settings.ax_parser_secret.get_secret_value().encode() if settings.ax_parser_secret else None,
         max_body_bytes=settings.race_max_body_bytes,
         clock=clock,
         metrics=metrics,
-        forwarder=forwarder if placement.coordinated else None,
     )
     ingest = IngestService(
         store,
         objects,
         broker,
+        session_log,
+        leases,
         clock,
         IngestConfig(
-            spool_dir=settings.data_dir / "ingest" / spools,
             max_batch_size=settings.ingest_max_batch_size,
             max_body_bytes=settings.ingest_max_body_bytes,
-            fsync=settings.ingest_fsync,
             session_ttl_seconds=settings.ingest_session_ttl_seconds,
             max_queued_records=settings.ingest_max_queued_records,
             workers=settings.ingest_workers,
-            placement=placement,
         ),
     )
-    ingest_routes = IngestRoutes(ingest, forwarder if placement.coordinated else None)
+    ingest_routes = IngestRoutes(ingest)
     llm = registry_from_settings(settings)
     generate = GenerateService(
         llm,
@@ -342,14 +348,7 @@ def create_app(
     limiter = RateLimiter.from_settings(settings, on_reject=lambda group: metrics.rate_limited.labels(group).inc())
     if not settings.broker_url.startswith("memory") and not limiter.shared:
         log.warning("rate limits are counted by each node alone: set SLUICEGATE_REDIS_URL so that nodes share them")
-    # Sessions of worker slots this node no longer runs move to this process before the
-    # services recover theirs.
-    orphans = OrphanedSlots(
-        placement, store, settings.workers, settings.data_dir, [(RaceSessionRow, "races"), (IngestSessionRow, "ingest")]
-    )
-    engines: list[Engine] = [store, orphans, broker, RateLimitEngine(limiter), objects, races, ingest, llm, forwarder]
-    if worker_socket is not None:
-        engines.append(worker_socket)  # last: siblings reach this worker once everything is open
+    engines: list[Engine] = [store, broker, RateLimitEngine(limiter), objects, session_log, races, ingest, llm]
     tokens = TokenService(secret, clock=clock)
     gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
     stream_config = StreamConfig(
@@ -393,30 +392,27 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.placement = placement
-    if worker_socket is not None:
-        worker_socket.app = app
     app.state.engines = engines
     app.state.stream_config = stream_config
     app.state.authenticator = gateway
     app.state.tokens = tokens
     app.state.rate_limiter = limiter
-    app.state.forwarder = forwarder
     app.state.metrics = metrics
     app.state.store = store
     app.state.broker = broker
     app.state.objects = objects
+    app.state.session_log = session_log
+    app.state.leases = leases
     app.state.races = races
     app.state.ingest = ingest
     app.state.llm = llm
     app.add_exception_handler(APIError, _api_error_handler)
-    app.add_exception_handler(Forwarded, _forwarded_handler)
+    for engine_error in ENGINE_ERRORS:
+        app.add_exception_handler(engine_error, _engine_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_middleware(ErrorBoundary)
-    # Only nodes or workers that pass requests on need to recognise them (a header scan).
-    passed_on = forwarder.verified if placement.coordinated else None
-    app.add_middleware(MetricsMiddleware, metrics=metrics, passed_on=passed_on)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     app.include_router(_health_router(engines, metrics))
     app.include_router(auth_routes.router)

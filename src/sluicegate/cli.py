@@ -82,6 +82,8 @@ def _token_create(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from sluicegate.engines.log import default_log_url
+
     settings = Settings()
     sys.path.insert(0, os.getcwd())
     workers = args.workers or settings.workers
@@ -92,6 +94,16 @@ def _serve(args: argparse.Namespace) -> int:
             f"sluicegate: --workers {workers} needs a shared broker: the in-memory broker lives in one "
             "process, so a message published through one worker would not reach the subscribers of "
             "another. Set SLUICEGATE_BROKER_URL to redis://... or nats://..., or run one worker.",
+            file=sys.stderr,
+        )
+        return 2
+    log_url = settings.log_url or default_log_url(settings.broker_url)
+    if workers > 1 and log_url.startswith("spool:"):
+        # The spool's files belong to one process: a second worker could not append to them.
+        print(
+            f"sluicegate: --workers {workers} needs a shared session log: the spool (SLUICEGATE_LOG_URL=spool://) "
+            "keeps ingestion uploads and race points in files of one process. Set SLUICEGATE_LOG_URL to "
+            "redis://... or nats://... (or leave it unset with a Redis or NATS broker), or run one worker.",
             file=sys.stderr,
         )
         return 2

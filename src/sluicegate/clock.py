@@ -75,6 +75,11 @@ class ManualClock:
         """How many tasks are waiting on this clock."""
         return sum(1 for _, _, fut in self._sleepers if not fut.done())
 
+    @property
+    def waits(self) -> list[float]:
+        """In how many seconds each waiting task wakes, soonest first."""
+        return sorted(deadline - self._elapsed for deadline, _, fut in self._sleepers if not fut.done())
+
     async def advance(self, seconds: float) -> None:
         """Move time forward and let every sleeper whose deadline passed run."""
         target = self._elapsed + seconds

@@ -82,14 +82,18 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(20.0, gt=0, description="Close a WebSocket whose pong is this late.")
 
     broker_url: str = Field("memory://", description="The broker: memory://, redis://..., nats://...")
-    node_url: str | None = Field(
+    log_url: str | None = Field(
         None,
-        pattern=r"^https?://[^/?#]+$",
-        max_length=190,  # recorded as sessions' owner (200 characters), with "#w<slot>" on multi-worker nodes
-        description=(
-            "How the other nodes reach this one (http://10.0.0.5:8000), set on each node when several share "
-            "a database: a node forwards requests for an ingestion session to the node that holds it."
-        ),
+        description="Where ingestion uploads and race points are appended: spool:// (files in the data folder, "
+        "one process), nats://... (JetStream; ?stream=NAME&replicas=N) or redis://... (Redis Streams; "
+        "?prefix=NAME&wait=N). Unset: the broker's server when the broker is Redis or NATS, else spool://.",
+    )
+    lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long a node's hold on a session's processing lasts without renewal: after a node dies, "
+        "another takes its sessions over within about this long.",
     )
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data dir>/sluicegate.db."
@@ -104,7 +108,9 @@ class Settings(BaseSettings):
     race_idle_seconds: float = Field(30.0, gt=0, description="Seconds without data after which a session is archived.")
     race_zstd_level: int = Field(3, ge=1, le=22, description="zstd level of race archives.")
     race_fsync: bool = Field(
-        True, description="fsync the spool before acknowledging (off: survives a crash, not power loss)."
+        True,
+        description="On the spool log, fsync race points before acknowledging them (off: they survive a crash "
+        "of the server, not a power loss).",
     )
     race_max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest race data post (413 above).")
     race_retry_initial_seconds: float = Field(1.0, gt=0, description="First wait after a failed archive upload.")
@@ -112,11 +118,17 @@ class Settings(BaseSettings):
     race_close_wait_seconds: float = Field(
         10.0, ge=0, description="How long closing a session waits for its archive before answering 202."
     )
+    race_max_buffer_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Points a session's processor holds before it archives them without waiting for "
+        "inactivity (bytes of JSON Lines).",
+    )
     ingest_max_batch_size: int = Field(
         10_000, ge=1, description="Most records, frames or buffers in one upload (413 above)."
     )
     ingest_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest upload body (413 above).")
-    ingest_fsync: bool = Field(True, description="fsync uploads before acknowledging them.")
+    ingest_fsync: bool = Field(True, description="On the spool log, fsync uploads before acknowledging them.")
     ingest_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=0,

@@ -21,10 +21,9 @@ from sluicegate.streaming.config import StreamStats
 from sluicegate.streaming.streams import StreamInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from starlette.requests import Request
-    from starlette.types import Scope
 
 
 @pytest.fixture(autouse=True)
@@ -260,10 +259,10 @@ async def _boom(request: Request) -> PlainTextResponse:
     raise RuntimeError("boom")
 
 
-def _client(metrics: Metrics, passed_on: Callable[[Scope], bool] | None = None) -> httpx.AsyncClient:
+def _client(metrics: Metrics) -> httpx.AsyncClient:
     app = Starlette(
         routes=[Route("/items/{id}", _item), Route("/boom", _boom)],
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics, passed_on=passed_on)],
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
@@ -277,20 +276,6 @@ async def test_requests_are_counted_by_route_template() -> None:
     labels = {"method": "GET", "route": "/items/{id}", "status": "200"}
     assert _sample(metrics, "h_http_requests_total", **labels) == 3
     assert _sample(metrics, "h_http_requests_total", method="GET", route="/items/1", status="200") == 0
-
-
-async def test_requests_passed_on_by_another_node_are_not_counted_again() -> None:
-    metrics = Metrics(namespace="h")
-
-    def passed_on(scope: Scope) -> bool:
-        return any(name == b"x-passed-on" for name, _ in scope["headers"])
-
-    async with _client(metrics, passed_on) as client:
-        assert (await client.get("/items/1")).status_code == 200
-        assert (await client.get("/items/2", headers={"X-Passed-On": "1"})).status_code == 200  # served all the same
-    labels = {"method": "GET", "route": "/items/{id}", "status": "200"}
-    assert _sample(metrics, "h_http_requests_total", **labels) == 1
-    assert _sample(metrics, "h_http_request_duration_seconds_count", method="GET", route="/items/{id}") == 1
 
 
 async def test_unknown_paths_are_counted_as_unmatched() -> None:

@@ -1,42 +1,47 @@
-"""RaceService in process: ingest, idle flush to zstd archives, retries, recovery.
+"""RaceService in process: points into the session's log, idle archives, retries, close, takeover.
 
-Time is a ManualClock: nothing sleeps for real seconds. Compression and file work run in
-threads, so after moving the clock the tests wait (briefly, bounded) for a condition.
+On real parts: the spool log in the test's folder (or Redis, for two nodes), SQLite and
+PostgreSQL, a file object store, the memory broker. Time is a ManualClock: nothing
+sleeps for real seconds. Compression and file work run in threads, so after moving the
+clock the tests wait (briefly, bounded) for the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import zstandard
 from obstore.store import LocalStore
+from sqlalchemy import update
 
 from sluicegate.clock import ManualClock
+from sluicegate.engines.broker import broker_from_url
+from sluicegate.engines.log import LogError, LogNotFound
 from sluicegate.engines.objects import ObjectStore, ObjectStoreUnavailable, object_store_from_url
-from sluicegate.engines.spool import ACTIVE
 from sluicegate.engines.store import Store
+from sluicegate.engines.store.leases import Leases
 from sluicegate.errors import APIError, ErrCode
 from sluicegate.observability.metrics import Metrics
 from sluicegate.security.identity import Identity
-from sluicegate.services.placement import Placement
-from sluicegate.services.races.models import SessionIn, SessionState
+from sluicegate.services.races.models import RaceSessionRow, SessionIn, SessionState
+from sluicegate.services.races.processor import log_name
 from sluicegate.services.races.service import RaceConfig, RaceService, point_line
-from tests.waiting import until
+from tests.logs import drop_log, fresh_log_url, make_log
+from tests.waiting import advance_until, until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from sluicegate.engines.broker import Broker
+    from sluicegate.engines.log import SessionLog
 
 IDENT = Identity(subject="s", tenant=1, role="admin", scopes=frozenset(), method="api_key")
 OTHER = Identity(subject="o", tenant=2, role="admin", scopes=frozenset(), method="api_key")
-
-
-# -- helpers -----------------------------------------------------------------------------
+LEASE = 10.0
 
 
 def points(n: int, start: int = 0) -> list[bytes]:
@@ -68,51 +73,82 @@ class Harness:
     tmp: Path
     store: Store
     objects: ObjectStore
+    broker: Broker
+    log_url: str
     clock: ManualClock = field(default_factory=ManualClock)
-    services: list[RaceService] = field(default_factory=list)
+    opened: list[Any] = field(default_factory=list)
 
-    @property
-    def objects_root(self) -> Path:
-        return self.tmp / "objects"
+    def new_log(self) -> SessionLog:
+        return make_log(self.log_url, self.tmp / "data", self.clock, fsync=False)
 
-    @property
-    def spool_dir(self) -> Path:
-        return self.tmp / "spool"
-
-    def service(self, objects: ObjectStore | None = None, **options: Any) -> RaceService:
-        config = RaceConfig(
-            spool_dir=self.spool_dir, idle_seconds=30, retry_initial_seconds=1, retry_max_seconds=4, **options
+    async def service(
+        self,
+        objects: ObjectStore | None = None,
+        *,
+        holder: str = "node-a",
+        session_log: SessionLog | None = None,
+        **options: Any,
+    ) -> RaceService:
+        config = RaceConfig(idle_seconds=30, retry_initial_seconds=1, retry_max_seconds=4, **options)
+        used = session_log or self.new_log()
+        await used.open()
+        leases = Leases(self.store, self.clock, holder=holder, seconds=LEASE)
+        service = RaceService(
+            self.store, objects or self.objects, used, self.broker, leases, self.clock, config, Metrics(namespace="t")
         )
-        service = RaceService(self.store, objects or self.objects, self.clock, config, Metrics(namespace="t"))
-        self.services.append(service)
+        await service.open()
+        self.opened.extend([service, used])
         return service
 
     def flaky(self, failures: int) -> FlakyObjects:
-        return FlakyObjects(self.objects_root, failures)
+        return FlakyObjects(self.tmp / "objects", failures)
 
     async def archive(self, key: str) -> bytes:
         return unzstd(await self.objects.get(key))
 
     async def keys(self) -> list[str]:
-        return [info.key for info in await self.objects.list("")]
+        return sorted(info.key for info in await self.objects.list(""))
+
+    async def row(self, session_id: str) -> RaceSessionRow:
+        async with self.store.session() as db:
+            row = await db.get(RaceSessionRow, session_id)
+        assert row is not None
+        return row
+
+
+async def harness(tmp_path: Path, database_url: str, log_kind: str) -> AsyncIterator[Harness]:
+    store = Store(database_url)
+    await store.open()
+    clock = ManualClock()
+    broker = broker_from_url("memory://", history_size=100, history_seconds=3600, pending_limit=100, clock=clock)
+    await broker.open()
+    url = fresh_log_url(log_kind)
+    made = Harness(tmp_path, store, object_store_from_url(f"file://{tmp_path / 'objects'}"), broker, url, clock)
+    try:
+        yield made
+    finally:
+        for thing in reversed(made.opened):
+            await thing.close()
+        await broker.close()
+        await store.close()
+        await drop_log(url)
 
 
 @pytest.fixture
 async def h(tmp_path: Path, database_url: str) -> AsyncIterator[Harness]:
-    store = Store(database_url)
-    await store.open()
-    harness = Harness(tmp_path, store, object_store_from_url(f"file://{tmp_path / 'objects'}"))
-    try:
-        yield harness
-    finally:
-        for service in harness.services:
-            await service.close()
-        await store.close()
+    async for made in harness(tmp_path, database_url, "spool"):
+        yield made
+
+
+@pytest.fixture
+async def shared(tmp_path: Path) -> AsyncIterator[Harness]:
+    """Two nodes' worth: a log on Redis (a shared log) and one SQLite database."""
+    async for made in harness(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}", "redis"):
+        yield made
 
 
 async def started(h: Harness, stream: str = "runner", **options: Any) -> tuple[RaceService, str]:
-    service = h.service(**options)
-    await service.open()
+    service = await h.service(**options)
     out = await service.create(IDENT, SessionIn(stream=stream, metadata={"car": 7}))
     return service, out.id
 
@@ -121,555 +157,310 @@ async def ingest_all(service: RaceService, stream: str, lines: list[bytes]) -> l
     return [await service.ingest(stream, data) for data in lines]
 
 
-async def archived(service: RaceService, session_id: str, count: int = 1) -> None:
-    """Wait until ``count`` batches are archived: recorded, and gone from the spool."""
-
-    def done() -> bool:
-        session = service.sessions.get(session_id)
-        if session is None:  # closed and settled
-            return True
-        return len(session.archived_keys) >= count and all(seq > count for seq in session.spool.pending)
-
-    await until(done, f"{count} archive(s) recorded")
+async def archived(h: Harness, session_id: str, count: int) -> None:
+    """Wait until ``count`` archives are recorded."""
+    for _ in range(500):
+        if len((await h.row(session_id)).archived_keys) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} archive(s) never recorded")
 
 
-# -- ingest and idle flush ---------------------------------------------------------------
+async def idle(h: Harness, seconds: float = 30.0) -> None:
+    await h.clock.advance(seconds)
+
+
+# -- ingest and idle archives -----------------------------------------------------------------
 
 
 async def test_points_are_archived_once_idle_seconds_have_passed(h: Harness) -> None:
     service, sid = await started(h)
-    lines = points(3)
-    assert await ingest_all(service, "runner", lines) == [1, 2, 3]
-    await until(lambda: h.clock.sleepers == 1, "the idle watcher sleeping")
-
+    lines = points(5)
+    assert await ingest_all(service, "runner", lines) == [1, 2, 3, 4, 5]
     await h.clock.advance(29)
-    await asyncio.sleep(0.05)
-    assert await h.keys() == []
-    out = await service.describe(IDENT, sid)
-    assert (out.data_points, out.spooled_points, out.archived_keys) == (3, 3, [])
-
-    await h.clock.advance(1)
-    await archived(service, sid)
+    assert (await service.describe(IDENT, sid)).archived_keys == []
+    await h.clock.advance(1.5)
+    await archived(h, sid, 1)
     key = f"races/runner/{sid}/000001.jsonl.zst"
     assert await h.keys() == [key]
     assert await h.archive(key) == b"".join(lines)
     out = await service.describe(IDENT, sid)
-    assert out.state == SessionState.OPEN
-    assert (out.data_points, out.spooled_points, out.archived_keys) == (3, 0, [key])
+    assert (out.data_points, out.spooled_points, out.archived_keys) == (5, 0, [key])
     assert out.bytes == len(b"".join(lines))
-    assert out.metadata == {"car": 7}
-    assert (out.failed_attempts, out.last_error) == (0, None)
-    assert not (h.spool_dir / sid / "000001.pending.jsonl").exists()
 
 
 async def test_each_point_restarts_the_idle_timer(h: Harness) -> None:
     service, sid = await started(h)
     await service.ingest("runner", points(1)[0])
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(20)
-    await service.ingest("runner", points(1, 1)[0])
-    await h.clock.advance(20)  # 40 s since the first point, 20 since the last
-    await asyncio.sleep(0.05)
-    assert await h.keys() == []
-    await h.clock.advance(10)
-    await archived(service, sid)
-    [key] = await h.keys()
-    assert await h.archive(key) == b"".join(points(2))
+    for i in range(1, 4):
+        await h.clock.advance(20)
+        await service.ingest("runner", points(1, i)[0])
+        count = i + 1
+        await until(lambda: service.buffered.get(sid) == count, "the point reaching the processor")  # noqa: B023
+    assert (await h.row(sid)).archived_keys == []
+    await idle(h, 31)
+    await archived(h, sid, 1)
+    assert (await service.describe(IDENT, sid)).data_points == 4
 
 
-async def test_a_second_idle_period_gives_the_next_sequence(h: Harness) -> None:
+async def test_a_second_idle_period_gives_the_next_archive(h: Harness) -> None:
     service, sid = await started(h)
-    first, second = points(3), points(2, 3)
-    await ingest_all(service, "runner", first)
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await archived(service, sid)
-
-    assert await ingest_all(service, "runner", second) == [4, 5]  # totals go on counting
-    await until(lambda: h.clock.sleepers == 1, "a new idle watcher")
-    await h.clock.advance(30)
-    await archived(service, sid, 2)
-
-    keys = [f"races/runner/{sid}/000001.jsonl.zst", f"races/runner/{sid}/000002.jsonl.zst"]
-    assert await h.keys() == keys
-    assert await h.archive(keys[0]) == b"".join(first)
-    assert await h.archive(keys[1]) == b"".join(second)
-    out = await service.describe(IDENT, sid)
-    assert (out.data_points, out.spooled_points, out.archived_keys) == (5, 0, keys)
-    assert out.bytes == len(b"".join(first + second))
+    await ingest_all(service, "runner", points(3))
+    await idle(h, 31)
+    await archived(h, sid, 1)
+    await ingest_all(service, "runner", points(2, 3))
+    await idle(h, 31)
+    await archived(h, sid, 2)
+    keys = (await service.describe(IDENT, sid)).archived_keys
+    assert keys == [f"races/runner/{sid}/000001.jsonl.zst", f"races/runner/{sid}/000002.jsonl.zst"]
+    assert await h.archive(keys[1]) == b"".join(points(2, 3))
 
 
-async def test_ingest_for_an_unknown_stream_is_refused(h: Harness) -> None:
+async def test_points_beyond_the_buffer_limit_are_archived_without_waiting(h: Harness) -> None:
+    size = len(b"".join(points(10)))
+    service, sid = await started(h, max_buffer_bytes=size)
+    await ingest_all(service, "runner", points(10))
+    await archived(h, sid, 1)  # no clock moved
+    assert await h.archive((await h.row(sid)).archived_keys[0]) == b"".join(points(10))
+
+
+async def test_a_point_for_a_stream_without_a_session_is_refused(h: Harness) -> None:
     service, _ = await started(h)
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(APIError) as refused:
         await service.ingest("nobody", points(1)[0])
-    assert caught.value.message == "No session present for the stream ID"
-    assert caught.value.code == ErrCode.INVALID_ARGUMENT
-    assert caught.value.status == 400
+    assert (refused.value.status, refused.value.message) == (400, "No session present for the stream ID")
 
 
-async def test_a_spool_failure_is_an_internal_error_for_the_client(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    service, sid = await started(h)
-    spool = service.by_stream["runner"].spool
-
-    def full(data: bytes) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(spool, "_write", full)
-    with pytest.raises(APIError) as caught:
-        await service.ingest("runner", points(1)[0])
-    assert caught.value.code == ErrCode.INTERNAL
-    assert caught.value.message == "Failed to set up stream handler"
-    assert (await service.describe(IDENT, sid)).data_points == 0
-
-
-async def test_create_twice_for_one_stream_already_exists(h: Harness) -> None:
+async def test_a_log_failure_is_the_seeds_internal_error(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     service, _ = await started(h)
-    with pytest.raises(APIError) as caught:
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise LogError("disk full")
+
+    monkeypatch.setattr(service.log, "append", broken)
+    with pytest.raises(APIError) as refused:
+        await service.ingest("runner", points(1)[0])
+    assert (refused.value.status, refused.value.message) == (500, "Failed to set up stream handler")
+
+
+async def test_a_stream_has_one_open_session(h: Harness) -> None:
+    service, _ = await started(h)
+    with pytest.raises(APIError) as refused:
         await service.create(IDENT, SessionIn(stream="runner"))
-    assert caught.value.code == ErrCode.ALREADY_EXISTS
-    assert caught.value.status == 409
-    other = await service.create(IDENT, SessionIn(stream="someone-else"))  # other streams are fine
-    assert other.state == SessionState.OPEN
+    assert refused.value.code == ErrCode.ALREADY_EXISTS
 
 
-async def test_create_describes_a_fresh_session(h: Harness) -> None:
-    service = h.service()
-    out = await service.create(IDENT, SessionIn(stream="runner"))
-    assert out.stream == "runner"
-    assert out.state == SessionState.OPEN
-    assert (out.data_points, out.bytes, out.spooled_points, out.archived_keys) == (0, 0, 0, [])
-    assert out.created_at == h.clock.now()
-    assert out.closed_at is None
-
-
-# -- close -------------------------------------------------------------------------------
-
-
-async def test_close_session_archives_and_returns_closed(h: Harness) -> None:
+async def test_a_new_session_is_open_and_empty(h: Harness) -> None:
     service, sid = await started(h)
-    lines = points(4)
-    await ingest_all(service, "runner", lines)
-    await h.clock.advance(5)
-    out, closed = await service.close_session(IDENT, sid)
-    assert closed is True
-    assert out.state == SessionState.CLOSED
-    assert out.closed_at == h.clock.now()
-    key = f"races/runner/{sid}/000001.jsonl.zst"
-    assert (out.data_points, out.spooled_points, out.archived_keys) == (4, 0, [key])
-    assert await h.archive(key) == b"".join(lines)
-    assert not (h.spool_dir / sid).exists()
+    out = await service.describe(IDENT, sid)
+    assert (out.state, out.data_points, out.spooled_points, out.archived_keys, out.metadata) == (
+        SessionState.OPEN,
+        0,
+        0,
+        [],
+        {"car": 7},
+    )
 
-    # closed: no more points, the row answers, a new session may start
-    with pytest.raises(APIError, match="No session present for the stream ID"):
-        await service.ingest("runner", lines[0])
-    again = await service.describe(IDENT, sid)
-    assert (again.state, again.data_points, again.archived_keys) == (SessionState.CLOSED, 4, [key])
-    assert again.bytes == len(b"".join(lines))
-    again_out, again_closed = await service.close_session(IDENT, sid)
-    assert again_closed is True
-    assert again_out.state == SessionState.CLOSED
-    fresh = await service.create(IDENT, SessionIn(stream="runner"))
-    assert fresh.id != sid
+
+# -- closing ---------------------------------------------------------------------------------
+
+
+async def test_closing_archives_what_the_log_holds_and_refuses_later_points(h: Harness) -> None:
+    service, sid = await started(h)
+    await ingest_all(service, "runner", points(4))
+    out, done = await service.close_session(IDENT, sid)
+    assert done
+    assert out.state == SessionState.CLOSED
+    assert out.archived_keys == [f"races/runner/{sid}/000001.jsonl.zst"]
+    assert out.data_points == 4
+    assert await h.archive(out.archived_keys[0]) == b"".join(points(4))
+    with pytest.raises(APIError, match="No session present"):
+        await service.ingest("runner", points(1)[0])
+    again, done_again = await service.close_session(IDENT, sid)
+    assert done_again and again.archived_keys == out.archived_keys
+    reopened = await service.create(IDENT, SessionIn(stream="runner"))  # the stream can open a new session
+    assert reopened.id != sid
 
 
 async def test_closing_an_empty_session_archives_nothing(h: Harness) -> None:
     service, sid = await started(h)
-    out, closed = await service.close_session(IDENT, sid)
-    assert closed is True
-    assert (out.state, out.data_points, out.archived_keys) == (SessionState.CLOSED, 0, [])
+    out, done = await service.close_session(IDENT, sid)
+    assert done and out.archived_keys == [] and out.state == SessionState.CLOSED
     assert await h.keys() == []
 
 
-async def test_close_after_an_idle_archive_adds_only_the_new_points(h: Harness) -> None:
+async def test_closing_after_an_idle_archive_adds_only_the_new_points(h: Harness) -> None:
     service, sid = await started(h)
-    await ingest_all(service, "runner", points(2))
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await archived(service, sid)
-    await ingest_all(service, "runner", points(1, 2))
-    out, closed = await service.close_session(IDENT, sid)
-    assert closed
-    assert out.data_points == 3
-    assert [k.rsplit("/", 1)[1] for k in out.archived_keys] == ["000001.jsonl.zst", "000002.jsonl.zst"]
-    assert await h.archive(out.archived_keys[1]) == points(1, 2)[0]
+    await ingest_all(service, "runner", points(3))
+    await idle(h, 31)
+    await archived(h, sid, 1)
+    await ingest_all(service, "runner", points(2, 3))
+    out, _ = await service.close_session(IDENT, sid)
+    assert len(out.archived_keys) == 2
+    assert await h.archive(out.archived_keys[1]) == b"".join(points(2, 3))
+
+
+async def test_points_racing_a_close_are_either_refused_or_archived(h: Harness) -> None:
+    service, sid = await started(h)
+
+    async def post(i: int) -> int | None:
+        try:
+            return await service.ingest("runner", points(1, i)[0])
+        except APIError:
+            return None
+
+    posts = [asyncio.ensure_future(post(i)) for i in range(100)]
+    await asyncio.sleep(0)
+    out, done = await service.close_session(IDENT, sid)
+    acked = [a for a in await asyncio.gather(*posts) if a is not None]
+    assert done
+    archived_lines = b"".join([await h.archive(key) for key in out.archived_keys]).splitlines()
+    assert len(archived_lines) == len(acked) == out.data_points  # every acknowledged point, once
+
+
+# -- read back, tenants, metrics ------------------------------------------------------------
+
+
+async def test_read_gives_archived_then_logged_points_in_order(h: Harness) -> None:
+    service, sid = await started(h)
+    await ingest_all(service, "runner", points(3))
+    await idle(h, 31)
+    await archived(h, sid, 1)
+    await ingest_all(service, "runner", points(2, 3))
+    data = b"".join([chunk async for chunk in service.read(IDENT, sid)])
+    assert data == b"".join(points(5))
 
 
 async def test_another_tenant_gets_404_everywhere(h: Harness) -> None:
     service, sid = await started(h)
-    await service.ingest("runner", points(1)[0])
-    with pytest.raises(APIError) as caught:
-        await service.describe(OTHER, sid)
-    assert caught.value.code == ErrCode.NOT_FOUND
-    assert caught.value.status == 404
-    with pytest.raises(APIError, match="Race session not found"):
-        await service.close_session(OTHER, sid)
-    with pytest.raises(APIError, match="Race session not found"):
-        async for _ in service.read(OTHER, sid):
-            pass
-    assert (await service.describe(IDENT, sid)).state == SessionState.OPEN  # untouched
-
-    await service.close_session(IDENT, sid)
-    with pytest.raises(APIError, match="Race session not found"):  # closed: answered from the database
-        await service.describe(OTHER, sid)
-    with pytest.raises(APIError, match="Race session not found"):
-        await service.close_session(OTHER, sid)
-    with pytest.raises(APIError, match="Race session not found"):
-        await service.describe(IDENT, "0" * 32)
-
-
-async def test_read_returns_archived_then_spooled_points_in_order(h: Harness) -> None:
-    service, sid = await started(h)
-    await ingest_all(service, "runner", points(3))
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await archived(service, sid)
-    await ingest_all(service, "runner", points(2, 3))
-    assert b"".join([chunk async for chunk in service.read(IDENT, sid)]) == b"".join(points(5))
-    await service.close_session(IDENT, sid)
-    assert b"".join([chunk async for chunk in service.read(IDENT, sid)]) == b"".join(points(5))
+    for call in (
+        service.describe(OTHER, sid),
+        service.close_session(OTHER, sid),
+        service.read(OTHER, sid).__anext__(),
+    ):
+        with pytest.raises(APIError) as refused:
+            await call
+        assert refused.value.status == 404
+    assert (await service.describe(IDENT, sid)).state == SessionState.OPEN
 
 
 async def test_metrics_count_points_and_archives(h: Harness) -> None:
     service, sid = await started(h)
     await ingest_all(service, "runner", points(3))
-    registry = service.metrics.registry
-    assert registry.get_sample_value("t_race_points_accepted_total") == 3
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await archived(service, sid)
-    assert registry.get_sample_value("t_race_archives_total") == 1
-    assert (registry.get_sample_value("t_race_archive_bytes_total") or 0) > 0
-    assert registry.get_sample_value("t_race_spooled_points") == 0
+    await until(lambda: service.buffered.get(sid) == 3, "the points reaching the processor")
+    assert service.metrics.race_points._value.get() == 3
+    assert service.metrics.race_spooled_points._value.get() == 3
+    await idle(h, 31)
+    await archived(h, sid, 1)
+    await until(lambda: service.metrics.race_archives._value.get() == 1, "the archive counted")
+    assert service.metrics.race_spooled_points._value.get() == 0
 
 
-# -- retries -----------------------------------------------------------------------------
+# -- failures and retries -------------------------------------------------------------------
 
 
-async def test_failed_uploads_are_retried_with_capped_exponential_backoff(h: Harness) -> None:
+async def test_failed_archives_are_retried_with_capped_exponential_backoff(h: Harness) -> None:
     objects = h.flaky(failures=4)
-    service = h.service(objects)
-    out = await service.create(IDENT, SessionIn(stream="runner"))
-    sid = out.id
-    lines = points(3)
-    await ingest_all(service, "runner", lines)
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await until(lambda: len(objects.puts) == 1 and h.clock.sleepers == 1, "the first failed upload")
-
-    described = await service.describe(IDENT, sid)
-    assert described.failed_attempts == 1
-    assert described.last_error is not None
-    assert described.last_error.startswith("ObjectStoreUnavailable")
-    assert (described.data_points, described.spooled_points, described.archived_keys) == (3, 3, [])
-    pending = h.spool_dir / sid / "000001.pending.jsonl"
-    assert pending.read_bytes() == b"".join(lines)  # the spool keeps the points
-
-    def puts_are(n: int) -> Callable[[], bool]:
-        return lambda: len(objects.puts) == n
-
-    def failures_are(n: int) -> Callable[[], bool]:
-        return lambda: service.sessions[sid].failed_attempts == n
-
-    for attempt, delay in enumerate([1, 2, 4, 4], start=2):  # doubles, capped at retry_max_seconds
-        await h.clock.advance(delay / 2)
-        await asyncio.sleep(0.02)
-        assert len(objects.puts) == attempt - 1, f"retried before {delay}s"
-        await h.clock.advance(delay / 2)
-        await until(puts_are(attempt), f"attempt {attempt} after {delay}s")
-        if attempt <= 4:
-            await until(failures_are(attempt), f"{attempt} failed attempts")
-            described = await service.describe(IDENT, sid)
-            assert described.failed_attempts == attempt
-            assert described.spooled_points == 3
-            assert pending.exists()
-
-    await archived(service, sid)
-    described = await service.describe(IDENT, sid)
-    assert (described.failed_attempts, described.last_error) == (0, None)
-    assert (described.data_points, described.spooled_points) == (3, 0)
-    key = f"races/runner/{sid}/000001.jsonl.zst"
-    assert described.archived_keys == [key]
-    assert await h.keys() == [key]
-    assert await h.archive(key) == b"".join(lines)  # the points, once
-    assert not pending.exists()
-    assert service.metrics.registry.get_sample_value("t_race_archive_failures_total") == 4
-
-
-async def test_close_while_the_store_is_down_keeps_retrying_until_it_closes(h: Harness) -> None:
-    objects = h.flaky(failures=2)
-    service = h.service(objects, close_wait_seconds=0.05)
-    out = await service.create(IDENT, SessionIn(stream="runner"))
+    service = await h.service(objects)
+    sid = (await service.create(IDENT, SessionIn(stream="runner"))).id
     await ingest_all(service, "runner", points(2))
-    described, closed = await service.close_session(IDENT, out.id)
-    assert closed is False
-    assert described.state == SessionState.CLOSING
-    # (the failure count goes up in the same step as the retry's clock sleep starts)
-    await until(lambda: service.sessions[out.id].failed_attempts == 1, "the first failed upload")
-    assert len(objects.puts) == 1
-    with pytest.raises(APIError, match="No session present"):
-        await service.ingest("runner", points(1)[0])
-    await h.clock.advance(1)
-    await until(lambda: len(objects.puts) == 2)
-    await h.clock.advance(2)
-    await until(lambda: out.id not in service.sessions, "the session settling")
-    final = await service.describe(IDENT, out.id)
-    assert (final.state, final.data_points, final.failed_attempts) == (SessionState.CLOSED, 2, 0)
-    assert await h.archive(final.archived_keys[0]) == b"".join(points(2))
+    await idle(h, 31)
+    await until(lambda: len(objects.puts) == 1, "the first attempt")
+    for attempt, wait in enumerate([1, 2, 4, 4], start=2):  # doubling, capped at retry_max_seconds
+        await until(lambda: any(abs(x - wait) < 1e-6 for x in h.clock.waits), f"the wait of {wait}s")  # noqa: B023
+        row = await h.row(sid)  # recorded before the wait
+        assert row.failed_attempts == attempt - 1
+        assert row.last_error is not None and "unavailable" in row.last_error.lower()
+        assert "endpoint down" not in row.last_error  # not the driver's own words
+        await h.clock.advance(wait - 0.01)
+        assert len(objects.puts) == attempt - 1
+        await h.clock.advance(0.02)
+        await until(lambda: len(objects.puts) == attempt, f"attempt {attempt}")  # noqa: B023
+    await archived(h, sid, 1)
+    row = await h.row(sid)
+    assert (row.failed_attempts, row.last_error) == (0, None)
+    assert await h.archive(row.archived_keys[0]) == b"".join(points(2))
 
 
-# -- recovery ----------------------------------------------------------------------------
+# -- restart and takeover ------------------------------------------------------------------------
 
 
-async def test_spooled_points_are_archived_once_after_a_restart(h: Harness) -> None:
-    first, sid = await started(h)
-    lines = points(5)
-    await ingest_all(first, "runner", lines)
-    await first.close()  # no flush: the points stay in the spool
-    assert (h.spool_dir / sid / ACTIVE).read_bytes() == b"".join(lines)
-    assert await h.keys() == []
-
-    counting = h.flaky(failures=0)
-    second = h.service(counting)
-    await second.open()
-    await archived(second, sid)
-    await asyncio.sleep(0.05)
-    key = f"races/runner/{sid}/000001.jsonl.zst"
-    assert counting.puts == [key]
-    assert await h.archive(key) == b"".join(lines)
-    out = await second.describe(IDENT, sid)
-    assert (out.state, out.data_points, out.spooled_points, out.archived_keys) == (SessionState.OPEN, 5, 0, [key])
-    # the session is still open for its stream, and counts on
-    assert await second.ingest("runner", points(1, 5)[0]) == 6
+async def test_points_in_the_log_are_archived_once_after_a_restart(h: Harness) -> None:
+    first, sid = await started(h, holder="spool")
+    await ingest_all(first, "runner", points(4))
+    await first.close()  # a stop; the log keeps the points
+    await first.log.close()
+    second = await h.service(holder="spool")
+    await ingest_all(second, "runner", points(2, 4))  # the stream's session is still open
+    out, done = await second.close_session(IDENT, sid)
+    assert done
+    data = b"".join([await h.archive(key) for key in out.archived_keys])
+    assert data == b"".join(points(6))
 
 
-async def test_a_batch_whose_upload_failed_is_archived_after_a_restart(h: Harness) -> None:
-    down = h.flaky(failures=1000)
-    first = h.service(down)
-    sid = (await first.create(IDENT, SessionIn(stream="runner"))).id
-    lines = points(3)
-    await ingest_all(first, "runner", lines)
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await until(lambda: len(down.puts) == 1 and h.clock.sleepers == 1)
-    await first.close()
-    assert (h.spool_dir / sid / "000001.pending.jsonl").exists()
-
-    second = h.service()
-    await second.open()
-    await archived(second, sid)
-    out = await second.describe(IDENT, sid)
-    assert out.archived_keys == [f"races/runner/{sid}/000001.jsonl.zst"]
-    assert (out.data_points, out.spooled_points) == (3, 0)
-    assert await h.archive(out.archived_keys[0]) == b"".join(lines)
+async def test_a_cut_recorded_before_a_crash_is_archived_again_with_the_same_points(h: Harness) -> None:
+    service, sid = await started(h, holder="spool")
+    await ingest_all(service, "runner", points(3))
+    await service.close()
+    async with h.store.session() as db:  # a crash after the cut was recorded, before its archive
+        await db.execute(update(RaceSessionRow).where(RaceSessionRow.id == sid).values(cut_seq=1, cut_end=2))
+    await service.log.close()
+    again = await h.service(holder="spool")
+    await archived(h, sid, 1)
+    row = await h.row(sid)
+    assert await h.archive(row.archived_keys[0]) == b"".join(points(2))  # what the cut said, not more
+    out, _ = await again.close_session(IDENT, sid)
+    assert b"".join([await h.archive(k) for k in out.archived_keys]) == b"".join(points(3))
 
 
-async def test_pending_and_active_spool_files_are_archived_in_order_after_a_restart(h: Harness) -> None:
-    down = h.flaky(failures=1000)
-    first = h.service(down)
-    sid = (await first.create(IDENT, SessionIn(stream="runner"))).id
-    await ingest_all(first, "runner", points(2))
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await until(lambda: len(down.puts) == 1)
-    await ingest_all(first, "runner", points(3, 2))  # after the rotation: in active.jsonl
-    await first.close()
-
-    second = h.service()
-    await second.open()
-    await archived(second, sid, 2)
-    out = await second.describe(IDENT, sid)
-    assert [k.rsplit("/", 1)[1] for k in out.archived_keys] == ["000001.jsonl.zst", "000002.jsonl.zst"]
-    assert await h.archive(out.archived_keys[0]) == b"".join(points(2))
-    assert await h.archive(out.archived_keys[1]) == b"".join(points(3, 2))
-    assert (out.data_points, out.spooled_points) == (5, 0)
-
-
-async def test_a_batch_already_recorded_is_dropped_on_restart_not_uploaded_twice(h: Harness) -> None:
-    first, sid = await started(h)
-    lines = points(3)
-    await ingest_all(first, "runner", lines)
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await archived(first, sid)
-    key = f"races/runner/{sid}/000001.jsonl.zst"
-    # the crash window: the archive is recorded, the pending file not deleted yet
-    pending = h.spool_dir / sid / "000001.pending.jsonl"
-    pending.write_bytes(b"".join(lines))
-    await first.close()
-
-    counting = h.flaky(failures=0)
-    second = h.service(counting)
-    await second.open()
-    assert not pending.exists()
-    await asyncio.sleep(0.05)
-    assert counting.puts == []
-    out = await second.describe(IDENT, sid)
-    assert (out.data_points, out.spooled_points, out.archived_keys) == (3, 0, [key])
-    assert out.bytes == len(b"".join(lines))
-    assert await h.keys() == [key]
-    # and counting goes on from the right total, into the next sequence
-    assert await second.ingest("runner", points(1, 3)[0]) == 4
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await archived(second, sid, 2)
-    out = await second.describe(IDENT, sid)
-    assert out.archived_keys == [key, f"races/runner/{sid}/000002.jsonl.zst"]
-    assert out.data_points == 4
-    assert await h.archive(key) == b"".join(lines)
-
-
-async def test_a_session_left_closing_is_settled_after_a_restart(h: Harness) -> None:
-    down = h.flaky(failures=1000)
-    first = h.service(down, close_wait_seconds=0.05)
-    sid = (await first.create(IDENT, SessionIn(stream="runner"))).id
-    await ingest_all(first, "runner", points(2))
-    _, closed = await first.close_session(IDENT, sid)
-    assert closed is False
-    await until(lambda: first.sessions[sid].failed_attempts == 1, "the first failed upload")
-    await first.close()
-
-    second = h.service()
-    await second.open()
-    await until(lambda: sid not in second.sessions, "the closing session settling")
-    out = await second.describe(IDENT, sid)
-    assert (out.state, out.data_points) == (SessionState.CLOSED, 2)
-    assert await h.archive(out.archived_keys[0]) == b"".join(points(2))
-    assert not (h.spool_dir / sid).exists()
-    with pytest.raises(APIError, match="No session present"):
-        await second.ingest("runner", points(1)[0])
-
-
-async def test_closed_sessions_are_not_loaded_again(h: Harness) -> None:
-    first, sid = await started(h)
-    await ingest_all(first, "runner", points(1))
-    await first.close_session(IDENT, sid)
-    second = h.service()
-    await second.open()
-    assert second.sessions == {}
-    assert (await second.describe(IDENT, sid)).state == SessionState.CLOSED
-
-
-# -- concurrency -------------------------------------------------------------------------
-
-
-async def test_describe_never_counts_a_batch_twice_while_it_is_being_recorded(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service, sid = await started(h)
-    seen: list[tuple[int, int]] = []
-    original = service._save
-
-    async def observing_save(session: Any, **changes: Any) -> None:
-        described = await service.describe(IDENT, sid)  # what a client polling the session sees now
-        seen.append((described.data_points, described.bytes))
-        await original(session, **changes)
-
-    monkeypatch.setattr(service, "_save", observing_save)
-    lines = points(3)
-    await ingest_all(service, "runner", lines)
-    await until(lambda: h.clock.sleepers == 1)
-    await h.clock.advance(30)
-    await archived(service, sid)
-    assert seen, "the archive was recorded"
-    assert all(snapshot == (3, len(b"".join(lines))) for snapshot in seen), seen
-
-
-class OverlapProbe:
-    """Stands in for the service's shared compressor and records overlapping calls.
-
-    It compresses with a compressor of its own per call, so that the overlap it detects
-    cannot crash the test process.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.active = 0
-        self.max_active = 0
-
-    def compress(self, data: bytes) -> bytes:
-        with self._lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        try:
-            time.sleep(0.4)  # widen the window, in the worker thread
-            return zstandard.ZstdCompressor(level=3).compress(data)
-        finally:
-            with self._lock:
-                self.active -= 1
-
-
-async def test_concurrent_flushes_never_share_the_compressor_between_threads(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service = h.service()
-    probe = OverlapProbe()
-    monkeypatch.setattr(service, "_compressor", probe, raising=False)
-    ids = [(await service.create(IDENT, SessionIn(stream=f"s{i}"))).id for i in range(2)]
-    for i in range(2):
-        await ingest_all(service, f"s{i}", points(3))
-    await until(lambda: h.clock.sleepers == 2)
-    await h.clock.advance(30)
-    for sid in ids:
-        await archived(service, sid)
-    assert probe.max_active <= 1
-
-
-async def test_points_acknowledged_while_closing_are_archived(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    service, sid = await started(h)
-    spool = service.by_stream["runner"].spool
-    gate = threading.Event()
-    original = spool._write
-
-    def gated(data: bytes) -> None:
-        gate.wait(5)
-        original(data)
-
-    monkeypatch.setattr(spool, "_write", gated)
-    lines = points(2)
-    first = asyncio.ensure_future(service.ingest("runner", lines[0]))
-    await until(spool._lock.locked, "the first write in flight")
-    second = asyncio.ensure_future(service.ingest("runner", lines[1]))  # accepted: the session is open
-    await asyncio.sleep(0)
-    closing = asyncio.ensure_future(service.close_session(IDENT, sid))
-    await until(lambda: bool(spool._lock._waiters), "the closing rotation waiting for the write")
-    gate.set()
-    assert await first == 1
-    assert await second == 2
-    out, closed = await closing
-    await h.clock.advance(60)
-    await asyncio.sleep(0.05)
-    described = await service.describe(IDENT, sid)
-    assert described.spooled_points == 0, f"{described.spooled_points} point(s) left in the spool"
-    assert closed is True
-    assert out.state == SessionState.CLOSED
-    assert b"".join([await h.archive(k) for k in described.archived_keys]) == b"".join(lines)
-
-
-# -- several nodes on one database ---------------------------------------------------------
-
-
-async def test_each_node_holds_the_sessions_it_opened_and_names_the_holder_of_the_others(h: Harness) -> None:
-    def node(name: str) -> RaceService:
-        config = RaceConfig(
-            spool_dir=h.tmp / name, idle_seconds=30, placement=Placement(node_url=f"http://{name}.internal:8000")
+async def test_a_session_left_closing_is_closed_after_a_restart(h: Harness) -> None:
+    service, sid = await started(h, holder="spool")
+    await ingest_all(service, "runner", points(2))
+    await service.close()
+    async with h.store.session() as db:  # the close stopped between its two steps
+        await db.execute(
+            update(RaceSessionRow).where(RaceSessionRow.id == sid).values(state=SessionState.CLOSING.value)
         )
-        service = RaceService(h.store, h.objects, h.clock, config, Metrics(namespace="t"))
-        h.services.append(service)
-        return service
+    await service.log.close()
+    await h.service(holder="spool")
+    for _ in range(500):
+        if (await h.row(sid)).state == SessionState.CLOSED.value:
+            break
+        await asyncio.sleep(0.01)
+    row = await h.row(sid)
+    assert row.state == SessionState.CLOSED.value
+    assert b"".join([await h.archive(k) for k in row.archived_keys]) == b"".join(points(2))
 
-    node_a = node("a")
-    await node_a.open()
-    out = await node_a.create(IDENT, SessionIn(stream="runner", metadata={}))
-    await ingest_all(node_a, "runner", points(2))
-    node_b = node("b")
-    await node_b.open()  # B starts after A opened it: it must not take it (A's spool is on A)
-    assert out.id not in node_b.sessions and "runner" not in node_b.by_stream
-    assert await node_b.holder(IDENT, out.id) == "http://a.internal:8000"
-    assert await node_b.stream_holder("runner") == "http://a.internal:8000"
-    assert await node_b.stream_holder("walker") is None  # no open session: B's own 400
-    assert await node_b.holder(OTHER, out.id) is None  # another tenant: B's own 404
-    assert await node_a.holder(IDENT, out.id) is None and await node_a.stream_holder("runner") is None
-    with pytest.raises(APIError) as taken:  # one open session per stream, whichever node is asked
-        await node_b.create(IDENT, SessionIn(stream="runner", metadata={}))
-    assert taken.value.code is ErrCode.ALREADY_EXISTS
+
+async def test_a_dead_nodes_session_is_taken_over_and_archived_once(shared: Harness) -> None:
+    a = await shared.service(holder="node-a")
+    b = await shared.service(holder="node-b")
+    sid = (await a.create(IDENT, SessionIn(stream="car"))).id
+    assert [await (a if i % 2 else b).ingest("car", p) for i, p in enumerate(points(6))] == [1, 2, 3, 4, 5, 6]
+    # a dies: its processors stop without a word to the database
+    assert a.processors._loop is not None
+    a.processors._loop.cancel()
+    for task in a.processors.running.values():
+        task.cancel()
+    await b.ingest("car", points(1, 6)[0])
+    await advance_until(shared.clock, lambda: sid in b.processors.running, LEASE / 4, "b taking the session over")
+    out, done = await b.close_session(IDENT, sid)
+    assert done
+    assert out.data_points == 7
+    assert b"".join([await shared.archive(k) for k in out.archived_keys]) == b"".join(points(7))
+    assert (await b.create(IDENT, SessionIn(stream="car"))).id != sid
+
+
+async def test_any_node_counts_a_streams_points_exactly(shared: Harness) -> None:
+    a = await shared.service(holder="node-a")
+    b = await shared.service(holder="node-b")
+    sid = (await b.create(IDENT, SessionIn(stream="car"))).id
+    counts = await asyncio.gather(*((a if i % 2 else b).ingest("car", p) for i, p in enumerate(points(40))))
+    assert sorted(counts) == list(range(1, 41))
+    assert (await a.describe(IDENT, sid)).data_points == (await b.describe(IDENT, sid)).data_points == 40
+    _, done = await a.close_session(IDENT, sid)
+    assert done
+    with pytest.raises(APIError, match="No session present"):
+        await b.ingest("car", points(1)[0])
+    with pytest.raises(LogNotFound):  # archived: the log is gone
+        await b.log.head(log_name(sid))

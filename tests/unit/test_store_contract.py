@@ -22,7 +22,8 @@ from alembic.util import CommandError
 from sqlalchemy import delete, event, func, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sluicegate.engines.store import Base, Store, _sqlite_pragmas
+from sluicegate.edge import api_error
+from sluicegate.engines.store import Base, Store, StoreConflict, _sqlite_pragmas
 from sluicegate.engines.store.migrate import (
     BASELINE,
     BASELINE_TABLES,
@@ -32,7 +33,7 @@ from sluicegate.engines.store.migrate import (
     current_revision,
     target_metadata,
 )
-from sluicegate.errors import APIError, ConfigurationError, ErrCode
+from sluicegate.errors import ConfigurationError, ErrCode
 from sluicegate.services.challenges import ChallengeMessageRow, ChallengeRow
 
 if TYPE_CHECKING:
@@ -268,13 +269,14 @@ def test_the_alembic_command_line_for_developers_sees_no_change_to_generate(data
 # -- sessions ----------------------------------------------------------------------------
 
 
-async def test_a_unique_violation_is_already_exists(opened: Store) -> None:
+async def test_a_unique_violation_is_a_conflict_the_api_answers_409(opened: Store) -> None:
     async with opened.session() as session:
         session.add(challenge("suzuka"))
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(StoreConflict) as caught:
         async with opened.session() as session:
             session.add(challenge("suzuka"))
-    assert caught.value.code is ErrCode.ALREADY_EXISTS
+    mapped = api_error(caught.value)
+    assert mapped is not None and mapped.code is ErrCode.ALREADY_EXISTS and mapped.status == 409
     async with opened.session() as session:
         assert await session.scalar(select(func.count()).select_from(ChallengeRow)) == 1
 

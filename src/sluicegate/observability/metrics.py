@@ -29,8 +29,6 @@ from starlette.requests import Request  # noqa: TC002 -- FastAPI reads route ann
 from starlette.responses import Response
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Metrics", "MetricsMiddleware"]
@@ -186,18 +184,15 @@ class MetricsMiddleware:
     """Counts HTTP requests by route template and status, and times them to the response headers.
 
     Unmatched paths are counted under the route ``unmatched`` so that scanners cannot
-    grow the series without bound. Requests for which ``passed_on(scope)`` is true (a
-    request another node or worker passed on, already counted where it arrived) are not
-    counted again.
+    grow the series without bound.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, passed_on: Callable[[Scope], bool] | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.passed_on = passed_on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.passed_on is not None and self.passed_on(scope)):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

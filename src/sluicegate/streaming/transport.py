@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.requests import HTTPConnection
 
+from sluicegate.edge import api_error
 from sluicegate.errors import APIError, StreamClosed
 from sluicegate.security.auth import set_auth_data
 from sluicegate.streaming.codec import Frame
@@ -83,10 +84,11 @@ def _handler_error(task: asyncio.Task[Any], info: StreamInfo) -> APIError | None
     exc = task.exception()
     if exc is None or isinstance(exc, StreamClosed):
         return None
-    if isinstance(exc, APIError):
-        if exc.status >= 500:
-            log.error("stream %s %s failed: %s", info.id, info.path, exc.message)
-        return exc
+    mapped = api_error(exc)  # an APIError, or an engine's error as the client sees it
+    if mapped is not None:
+        if mapped.status >= 500:
+            log.error("stream %s %s failed: %s", info.id, info.path, exc if mapped is not exc else mapped.message)
+        return mapped
     log.error("stream %s %s: handler raised", info.id, info.path, exc_info=exc)
     return APIError.internal()
 

@@ -23,12 +23,20 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
-from sluicegate.errors import APIError, ConfigurationError
+from sluicegate.errors import ConfigurationError, SluicegateError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["Base", "Store", "UTCDateTime", "default_database_url"]
+__all__ = ["Base", "Store", "StoreConflict", "StoreUnavailable", "UTCDateTime", "default_database_url"]
+
+
+class StoreUnavailable(SluicegateError, ConnectionError):
+    """The database could not be reached, or failed a statement."""
+
+
+class StoreConflict(SluicegateError):
+    """A unique constraint refused a row: it already exists."""
 
 
 class Base(DeclarativeBase):
@@ -140,8 +148,8 @@ class Store:
         """A session in a transaction, committed on success and rolled back on error.
 
         Raises:
-            APIError: ``already_exists`` (409) when a unique constraint refuses a row,
-                ``unavailable`` (503) when the database fails.
+            StoreConflict: a unique constraint refused a row.
+            StoreUnavailable: the database failed.
         """
         if self._sessions is None:
             raise RuntimeError("the store is not open")
@@ -149,6 +157,6 @@ class Store:
             async with self._sessions() as session, session.begin():
                 yield session
         except IntegrityError as exc:
-            raise APIError.already_exists("It already exists") from exc
+            raise StoreConflict("It already exists") from exc
         except SQLAlchemyError as exc:
-            raise APIError.unavailable(f"The database is unavailable: {type(exc).__name__}") from exc
+            raise StoreUnavailable(f"The database is unavailable: {type(exc).__name__}") from exc

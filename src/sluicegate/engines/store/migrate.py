@@ -68,6 +68,7 @@ BASELINE_TABLES = frozenset(
 #: The modules that declare tables on :class:`Base`; a new one must be added here, or
 #: autogenerate cannot see its tables (the store contract test checks against the app).
 TABLE_MODULES = (
+    "sluicegate.engines.store.leases",
     "sluicegate.services.challenges",
     "sluicegate.services.ingest.models",
     "sluicegate.services.races.models",

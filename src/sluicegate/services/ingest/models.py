@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sluicegate.engines.store import Base, UTCDateTime
@@ -46,7 +46,8 @@ class SessionState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-#: Which states may follow which (the seed's diagram, plus resume from pause).
+#: Which states may follow which (the seed's diagram, plus resume from pause, and back from
+#: failed to completing when a batch of the dead-letter queue is retried by hand).
 TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     SessionState.INITIALIZING: frozenset({SessionState.ACTIVE, SessionState.PAUSED, SessionState.CANCELLED}),
     SessionState.ACTIVE: frozenset(
@@ -57,7 +58,7 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     ),
     SessionState.COMPLETING: frozenset({SessionState.COMPLETED, SessionState.FAILED, SessionState.CANCELLED}),
     SessionState.COMPLETED: frozenset(),
-    SessionState.FAILED: frozenset(),
+    SessionState.FAILED: frozenset({SessionState.COMPLETING}),
     SessionState.CANCELLED: frozenset(),
 }
 
@@ -87,14 +88,15 @@ class IngestSessionRow(Base):
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Counters of the session's log, written when the log is deleted (the session retired).
     records_received: Mapped[int] = mapped_column(BigInteger, default=0)
-    uploads_received: Mapped[int] = mapped_column(Integer, default=0)
     bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
-    spool_base: Mapped[int] = mapped_column(BigInteger, default=0)
     final_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    # SLUICEGATE_NODE_URL of the node holding the session's spool and batches (None: one node).
-    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The identity of the session log that holds its records (SessionLog.identity).
+    log: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Whether the session is done with for good: its log deleted, its counters above final.
+    retired: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
 class BatchRow(Base):

@@ -2,7 +2,8 @@
 
 Every route needs a bearer token (or an API key; the tenant comes from it) and counts
 against the tenant's rate limit (``SLUICEGATE_RATE_LIMIT_TENANT``, the seed's 1,000
-requests a minute, with the seed's 429 body).
+requests a minute, with the seed's 429 body). Every node answers every route for every
+session: what they say comes from the database, the session's log and the broker.
 """
 
 from __future__ import annotations
@@ -12,25 +13,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from sluicegate.errors import APIError
+from sluicegate.errors import APIError, invalid_fields
 from sluicegate.responses import json_response, read_body
 from sluicegate.security.deps import AnyIdentity, rate_limited
-from sluicegate.services.forward import Forwarded, Forwarder
-from sluicegate.services.ingest.models import (
-    FINAL_STATES,
-    BatchState,
-    EndRequest,
-    IngestSessionRow,
-    SessionState,
-    StartRequest,
-)
-from sluicegate.services.ingest.service import IngestService, LiveSession, iso
+from sluicegate.services.ingest import dlq, readback, schemas
+from sluicegate.services.ingest.models import FINAL_STATES, EndRequest, SessionState, StartRequest
+from sluicegate.services.ingest.service import IngestService, SessionInfo, SessionView, channel_of, iso
 from sluicegate.services.ingest.validation import timestamp_us
 from sluicegate.services.relay import follow, memo_frame
 from sluicegate.streaming import Frame, StreamInOut, StreamOut, StreamRouter
+from sluicegate.streaming.tasks import until_first
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -40,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["IngestRoutes"]
 
 PHASES = ("upload", "validation", "atomization", "indexing", "completion")
+#: Largest body of ``POST .../end``.
+END_BODY_BYTES = 4096
 
 
 class SessionHandshake(BaseModel):
@@ -86,9 +83,8 @@ def _ms(later: datetime | None, earlier: datetime) -> int:
 class IngestRoutes:
     """Routes and stream endpoints of the ingestion API."""
 
-    def __init__(self, service: IngestService, forwarder: Forwarder | None = None) -> None:
+    def __init__(self, service: IngestService) -> None:
         self.service = service
-        self.forwarder = forwarder
         limited = [Depends(rate_limited("tenant"))]
         self.router = APIRouter(prefix="/api/streaming", tags=["streaming"], dependencies=limited)
         self.streams = StreamRouter(prefix="/api/streaming", tags=("streaming",))
@@ -99,77 +95,39 @@ class IngestRoutes:
 
     # -- shapes ------------------------------------------------------------------------
 
-    def _statistics(self, session: LiveSession | IngestSessionRow) -> dict[str, Any]:
-        now = self.service.clock.now()
-        if isinstance(session, IngestSessionRow):
-            duration = _ms(session.finished_at or now, session.created_at)
-            return {
-                "totalRecordsReceived": session.records_received,
-                "totalBatchesReceived": None,
-                "totalAtomsCreated": None,
-                "averageBatchProcessingTimeMs": None,
-                "dataReceivedBytes": session.bytes_received,
-                "sessionDurationMs": duration,
-            }
-        processed = session.batches_processed
-        return {
-            "totalRecordsReceived": session.records_received,
-            "totalBatchesReceived": session.batches_cut,
-            "totalAtomsCreated": session.atoms_created,
-            "averageBatchProcessingTimeMs": round(session.processing_ms_total / processed, 3) if processed else 0,
-            "dataReceivedBytes": session.bytes_received,
-            "sessionDurationMs": _ms(session.finished_at or now, session.created_at),
-            "recordsQueued": session.records_queued,
+    def _statistics(self, view: SessionView) -> dict[str, Any]:
+        row, processed = view.row, view.batches_processed
+        stats: dict[str, Any] = {
+            "totalRecordsReceived": view.records_received,
+            "totalBatchesReceived": view.batches_cut,
+            "totalAtomsCreated": view.atoms_created,
+            "averageBatchProcessingTimeMs": round(view.processing_ms_total / processed, 3) if processed else 0,
+            "dataReceivedBytes": view.bytes_received,
+            "sessionDurationMs": _ms(row.finished_at or self.service.clock.now(), row.created_at),
         }
-
-    async def _finished_counts(self, row: IngestSessionRow) -> dict[str, Any]:
-        from sqlalchemy import func, select
-
-        from sluicegate.services.ingest.models import BatchRow
-
-        async with self.service.store.session() as db:
-            batches, atoms, total_ms = (
-                await db.execute(
-                    select(
-                        func.count(BatchRow.id),
-                        func.coalesce(func.sum(BatchRow.record_count), 0),
-                        func.coalesce(func.sum(BatchRow.processing_ms), 0.0),
-                    ).where(BatchRow.session_id == row.id, BatchRow.state == BatchState.PROCESSED.value)
-                )
-            ).one()
-        stats = self._statistics(row)
-        stats.update(
-            totalBatchesReceived=batches,
-            totalAtomsCreated=atoms,
-            averageBatchProcessingTimeMs=round(float(total_ms or 0) / batches, 3) if batches else 0,
-        )
+        if view.state not in FINAL_STATES:
+            stats["recordsQueued"] = view.records_queued
         return stats
 
-    async def _status(self, session: LiveSession | IngestSessionRow) -> dict[str, Any]:
-        if isinstance(session, IngestSessionRow):
-            stats = await self._finished_counts(session)
-            kind, name, state = session.session_type, session.session_name, session.state
-        else:
-            stats = self._statistics(session)
-            kind, name, state = session.session_type.value, session.session_name, session.state.value
+    def _status(self, view: SessionView) -> dict[str, Any]:
+        row = view.row
         return {
-            "sessionId": session.id,
-            "jobId": session.job_id,
-            "sessionType": kind,
-            "sessionName": name,
-            "status": state,
-            "statistics": stats,
-            "createdAt": iso(session.created_at),
-            "lastActivityAt": iso(session.last_activity_at),
+            "sessionId": row.id,
+            "jobId": row.job_id,
+            "sessionType": row.session_type,
+            "sessionName": row.session_name,
+            "status": row.state,
+            "statistics": self._statistics(view),
+            "createdAt": iso(row.created_at),
+            "lastActivityAt": iso(view.last_activity_at),
         }
 
-    async def _ended(self, session: LiveSession | IngestSessionRow) -> dict[str, Any]:
-        status = await self._status(session)
+    def _ended(self, view: SessionView) -> dict[str, Any]:
+        status = self._status(view)
         stats = status["statistics"]
-        finished = session.finished_at
         duration = stats["sessionDurationMs"]
         body: dict[str, Any] = {
-            "sessionId": session.id,
+            "sessionId": view.id,
             "status": status["status"],
             "finalStatistics": {
                 "totalRecordsReceived": stats["totalRecordsReceived"],
@@ -181,31 +139,26 @@ class IngestRoutes:
                 else 0,
             },
         }
-        if finished is not None:
-            body["completedAt"] = iso(finished)
+        if view.row.finished_at is not None:
+            body["completedAt"] = iso(view.row.finished_at)
         return body
 
-    async def _job(self, session: LiveSession | IngestSessionRow, request: Request) -> dict[str, Any]:
-        state = SessionState(session.state) if isinstance(session, IngestSessionRow) else session.state
-        url = str(request.base_url).rstrip("/") + f"/api/streaming/jobs/{session.job_id}/status"
-        body: dict[str, Any] = {"jobId": session.job_id, "sessionId": session.id, "startedAt": iso(session.created_at)}
-        if isinstance(session, LiveSession):
-            atoms = session.atoms_created
-        else:
-            atoms = int((await self._finished_counts(session))["totalAtomsCreated"])
+    def _job(self, view: SessionView, request: Request) -> dict[str, Any]:
+        row, state, atoms = view.row, view.state, view.atoms_created
+        url = str(request.base_url).rstrip("/") + f"/api/streaming/jobs/{row.job_id}/status"
+        body: dict[str, Any] = {"jobId": row.job_id, "sessionId": row.id, "startedAt": iso(row.created_at)}
         if state == SessionState.COMPLETED:
-            body |= {
+            return body | {
                 "status": "completed",
                 "result": {
                     "atomsCreated": atoms,
-                    "totalDurationMs": _ms(session.finished_at, session.created_at),
-                    "finalHash": session.final_hash,
+                    "totalDurationMs": _ms(row.finished_at, row.created_at),
+                    "finalHash": row.final_hash,
                 },
-                "completedAt": iso(session.finished_at) if session.finished_at else None,
+                "completedAt": iso(row.finished_at) if row.finished_at else None,
             }
-            return body
         if state == SessionState.FAILED:
-            error = session.error or {}
+            error = row.error or {}
             return body | {
                 "status": "failed",
                 "error": error,
@@ -215,23 +168,23 @@ class IngestRoutes:
         if state == SessionState.CANCELLED:
             return body | {
                 "status": "cancelled",
-                "cancelledAt": iso(session.finished_at) if session.finished_at else None,
+                "cancelledAt": iso(row.finished_at) if row.finished_at else None,
                 "partialResult": {"atomsCreated": atoms, "itemsProcessed": atoms},
-                "error": session.error,
+                "error": row.error,
             }
-        assert isinstance(session, LiveSession)  # noqa: S101 -- only live sessions are in progress
         return body | {
             "status": "in-progress",
-            "progress": self._progress(session),
-            "lastUpdatedAt": iso(session.last_activity_at),
+            "progress": self._progress(view),
+            "lastUpdatedAt": iso(view.last_activity_at),
             "statusUrl": url,
         }
 
-    def _progress(self, session: LiveSession) -> dict[str, Any]:
-        received, done = session.records_received, session.atoms_created
-        ending = session.state == SessionState.COMPLETING
+    def _progress(self, view: SessionView) -> dict[str, Any]:
+        row = view.row
+        received, done = view.records_received, view.atoms_created
+        ending = view.state == SessionState.COMPLETING
         now = self.service.clock.now()
-        elapsed_ms = max(1.0, (now - session.created_at).total_seconds() * 1000)
+        elapsed_ms = max(1.0, (now - row.created_at).total_seconds() * 1000)
         rate = done / elapsed_ms  # atoms per ms
         remaining = received - done
         eta = round(remaining / rate) if rate > 0 and remaining else (0 if not remaining else None)
@@ -241,7 +194,7 @@ class IngestRoutes:
             current = "atomization"
         else:
             current = "completion"
-        upload_ms = _ms(session.ended_at, session.created_at) if session.ended_at else None
+        upload_ms = _ms(row.ended_at, row.created_at) if row.ended_at else None
         percent = 100 * done / received if received else 0.0
         phases: dict[str, dict[str, Any]] = {
             "upload": {"status": "completed", "durationMs": upload_ms}
@@ -271,71 +224,52 @@ class IngestRoutes:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def _held_here(self) -> list[Any]:
-        """A dependency that passes a request for a session another node holds on to that node."""
-        service, forwarder = self.service, self.forwarder
-
-        async def held_here(request: Request, identity: AnyIdentity) -> None:
-            if forwarder is None:
-                return
-            params = request.path_params
-            node = await service.holder(
-                identity,
-                session_id=params.get("sessionId"),
-                job_id=params.get("jobId"),
-                batch_id=params.get("batchId"),
-            )
-            if node is not None:
-                raise Forwarded(await forwarder.forward(request, node))
-
-        return [Depends(held_here)]
-
     def _sessions(self) -> None:
         router, service = self.router, self.service
-        held = self._held_here()
 
         @router.post("/sessions/start", summary="Start a streaming session")
         async def start_session(body: StartRequest, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             """Create a session (and its job); answers the seed's URLs, built from this request's base URL."""
-            session = await service.start(identity, body)
+            row = await service.start(identity, body)
             return {
-                "sessionId": session.id,
-                "jobId": session.job_id,
-                "sessionType": session.session_type.value,
-                "sessionName": session.session_name,
-                "status": session.state.value,
-                "createdAt": iso(session.created_at),
-                **_urls(request, session.id),
+                "sessionId": row.id,
+                "jobId": row.job_id,
+                "sessionType": row.session_type,
+                "sessionName": row.session_name,
+                "status": row.state,
+                "createdAt": iso(row.created_at),
+                **_urls(request, row.id),
             }
 
-        @router.post("/sessions/{sessionId}/upload", summary="Upload records, frames or buffers", dependencies=held)
+        @router.post("/sessions/{sessionId}/upload", summary="Upload records, frames or buffers")
         async def upload(sessionId: str, request: Request, identity: AnyIdentity) -> Response:
-            """Answered once the records are durable; they are batched and processed after."""
+            """Answered once the records are durable in the session's log; they are batched and processed after."""
             body = await read_body(request, service.config.max_body_bytes)
             result = await service.upload(identity, sessionId, body)
             return json_response(result)
 
-        @router.get("/sessions/{sessionId}/status", summary="A session's status and statistics", dependencies=held)
+        @router.get("/sessions/{sessionId}/status", summary="A session's status and statistics")
         async def session_status(sessionId: str, identity: AnyIdentity) -> dict[str, Any]:
-            return await self._status(await service.find(identity, sessionId))
+            return self._status(await service.view(await service.find(identity, sessionId)))
 
-        @router.post("/sessions/{sessionId}/end", summary="End a session", dependencies=held)
+        @router.post("/sessions/{sessionId}/end", summary="End a session")
         async def end_session(sessionId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             """Stops uploads and finishes processing; with `waitForCompletion`, waits up to `timeoutMs`."""
-            raw = await request.body()
-            options = EndRequest.model_validate_json(raw) if raw.strip() else EndRequest()
-            session = await service.end(
-                identity, sessionId, wait=options.waitForCompletion, timeout_ms=options.timeoutMs
-            )
-            return await self._ended(session)
+            raw = await read_body(request, END_BODY_BYTES)
+            try:
+                options = EndRequest.model_validate_json(raw) if raw.strip() else EndRequest()
+            except ValidationError as exc:
+                raise invalid_fields(exc.errors(), message="Invalid end request") from None
+            row = await service.end(identity, sessionId, wait=options.waitForCompletion, timeout_ms=options.timeoutMs)
+            return self._ended(await service.view(row))
 
-        @router.post("/sessions/{sessionId}/pause", summary="Pause a session (uploads are refused)", dependencies=held)
+        @router.post("/sessions/{sessionId}/pause", summary="Pause a session (uploads are refused)")
         async def pause_session(sessionId: str, identity: AnyIdentity) -> dict[str, Any]:
-            return await self._status(await service.pause(identity, sessionId))
+            return self._status(await service.view(await service.pause(identity, sessionId)))
 
-        @router.post("/sessions/{sessionId}/resume", summary="Resume a paused session", dependencies=held)
+        @router.post("/sessions/{sessionId}/resume", summary="Resume a paused session")
         async def resume_session(sessionId: str, identity: AnyIdentity) -> dict[str, Any]:
-            return await self._status(await service.resume(identity, sessionId))
+            return self._status(await service.view(await service.resume(identity, sessionId)))
 
         @router.get("/sessions/{sessionId}/records", summary="Stored records in timestamp order (NDJSON)")
         async def session_records(
@@ -354,21 +288,23 @@ class IngestRoutes:
                         fields=[{"field": f"query.{name}", "message": "not an ISO-8601 time", "type": "value_error"}],
                     )
                 bounds.append(micros)
-            lines = await service.records(identity, sessionId, start=bounds[0], end=bounds[1], limit=limit)
+            row = await service.find(identity, sessionId)
+            lines = await readback.records(
+                service.store, service.objects, row.id, start=bounds[0], end=bounds[1], limit=limit
+            )
             return StreamingResponse(lines, media_type="application/x-ndjson")
 
     def _jobs(self) -> None:
         router, service = self.router, self.service
-        held = self._held_here()
 
-        @router.get("/jobs/{jobId}/status", summary="A job's status and progress", dependencies=held)
+        @router.get("/jobs/{jobId}/status", summary="A job's status and progress")
         async def job_status(jobId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
-            return await self._job(await service.find_job(identity, jobId), request)
+            return self._job(await service.view(await service.find_job(identity, jobId)), request)
 
-        @router.post("/jobs/{jobId}/cancel", summary="Cancel a job", dependencies=held)
+        @router.post("/jobs/{jobId}/cancel", summary="Cancel a job")
         async def cancel_job(jobId: str, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             """Stops processing; what was stored stays and is reported as `partialResult`."""
-            return await self._job(await service.cancel(identity, jobId), request)
+            return self._job(await service.view(await service.cancel(identity, jobId)), request)
 
     def _extras(self) -> None:
         router, service = self.router, self.service
@@ -380,41 +316,24 @@ class IngestRoutes:
                 definition = orjson.loads(await request.body())
             except orjson.JSONDecodeError as exc:
                 raise APIError.invalid_argument(f"The body must be JSON: {exc}") from None
-            schema, created = await service.put_schema(identity, definition)
+            schema, created = await schemas.put_schema(service.store, service.clock, identity, definition)
             body = {"schemaName": schema.name, "schemaVersion": schema.version, "fields": len(schema.fields)}
             return json_response(body, 201 if created else 200)
 
         @router.get("/dlq", summary="Batches in the dead-letter queue")
         async def dead_letters(identity: AnyIdentity) -> dict[str, Any]:
-            return {"batches": await service.dead_letters(identity)}
+            return {"batches": await dlq.dead_letters(service, identity)}
 
-        @router.post(
-            "/dlq/{batchId}/retry",
-            summary="Retry a batch of the dead-letter queue",
-            status_code=202,
-            dependencies=self._held_here(),
-        )
+        @router.post("/dlq/{batchId}/retry", summary="Retry a batch of the dead-letter queue", status_code=202)
         async def retry_dead(batchId: str, identity: AnyIdentity) -> dict[str, Any]:
-            return await service.retry_dead(identity, batchId)
+            return await dlq.retry_dead(service, identity, batchId)
 
-    async def _ws_upload(
-        self, stream: StreamInOut[Any, Any], body: bytes, session: LiveSession | None, node: str | None, target: str
-    ) -> dict[str, Any]:
-        """A WebSocket upload's answer (``upload-accepted`` or ``error``): made here when this
-        process holds the session, else by the holder, to which the upload is passed on."""
+    async def _ws_upload(self, info: SessionInfo, body: bytes) -> dict[str, Any]:
+        """A WebSocket upload's answer: ``upload-accepted``, or ``error`` (the socket stays open)."""
         try:
-            if session is not None:
-                return {"type": "upload-accepted", **await self.service.accept(session, body, time.monotonic())}
-            connection = stream.info.connection
-            if node is None or self.forwarder is None or connection is None:  # pragma: no cover - set by the app
-                raise APIError.failed_precondition("This session is held by another process: upload over HTTP")
-            answer = await self.forwarder.post_for(connection, target, body, node)
+            return {"type": "upload-accepted", **await self.service.accept(info, body, time.monotonic())}
         except APIError as exc:
             return {"type": "error", "errorCode": exc.code.value, **exc.body()}
-        answered = orjson.loads(bytes(answer.body))
-        if answer.status_code == 200:
-            return {"type": "upload-accepted", **answered}
-        return {"type": "error", "errorCode": answered.get("code"), **answered}
 
     # -- streams -----------------------------------------------------------------------
 
@@ -424,13 +343,14 @@ class IngestRoutes:
         @self.streams.stream_out("/sessions/{sessionId}/events", auth=True, rate_limit="tenant")
         async def session_events(handshake: SessionHandshake, stream: StreamOut[Any]) -> None:
             """The session's events (`session-started`, `batch-received`, `batch-processed`, `progress`,
-            `error`, `session-completed`); resume with Last-Event-ID."""
-            found = await service.find(stream.auth, handshake.sessionId)
-            channel = f"ingest/t{found.tenant}/{found.id}"
+            `error`, `batch-requeued`, `session-completed`, `session-failed`, `session-cancelled`);
+            resume with Last-Event-ID."""
+            row = await service.find(stream.auth, handshake.sessionId)
             resume = stream.last_event_id
-            subscription = await service.broker.subscribe(channel, after=resume, from_start=resume is None)
-            if isinstance(found, IngestSessionRow) and SessionState(found.state) in FINAL_STATES:
-                # finished: what history holds, then the end
+            subscription = await service.broker.subscribe(
+                channel_of(row.tenant, row.id), after=resume, from_start=resume is None
+            )
+            if SessionState(row.state) in FINAL_STATES:  # finished: what history holds, then the end
                 try:
                     for message in subscription.backlog:
                         await stream.send_frame(_sse_frame(message))
@@ -442,36 +362,27 @@ class IngestRoutes:
         @self.streams.stream_in_out("/sessions/{sessionId}/ws", auth=True, rate_limit="tenant")
         async def session_socket(handshake: SessionHandshake, stream: StreamInOut[Any, Any]) -> None:
             """Events as `{"type": ...}` messages; send `{"type": "telemetry", "records": [...]}` to upload."""
-            import asyncio
-
-            node = await service.holder(stream.auth, session_id=handshake.sessionId)
-            session: LiveSession | None = None
-            if node is None:
-                session = await service.live_session(stream.auth, handshake.sessionId)
-                channel = session.channel
-            else:  # held by another node or worker: events from the broker, uploads passed on
-                found = await service.find(stream.auth, handshake.sessionId)
-                channel = f"ingest/t{found.tenant}/{found.id}"
-            subscription = await service.broker.subscribe(channel, after=stream.last_event_id)
-            target = f"{self.router.prefix}/sessions/{handshake.sessionId}/upload"
+            info = await service.info(stream.auth, handshake.sessionId)
+            row = await service.find(stream.auth, handshake.sessionId)
+            state = SessionState(row.state)
+            if state in FINAL_STATES:
+                raise state_finished(row.id, state)
+            subscription = await service.broker.subscribe(info.channel, after=stream.last_event_id)
 
             async def uploads() -> None:
                 async for message in stream:
-                    await stream.send(await self._ws_upload(stream, orjson.dumps(message), session, node, target))
+                    await stream.send(await self._ws_upload(info, orjson.dumps(message)))
 
-            tasks = {
-                asyncio.create_task(follow(stream, subscription, _ws_frame, gap_frame=_ws_gap)),
-                asyncio.create_task(uploads()),
-            }
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
+                await until_first(follow(stream, subscription, _ws_frame, gap_frame=_ws_gap), uploads())
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
                 subscription.close()
+
+
+def state_finished(session_id: str, state: SessionState) -> APIError:
+    from sluicegate.services.ingest.errors import state_conflict
+
+    return state_conflict(session_id, state, "The session is finished")
 
 
 def _is_last(message: BrokerMessage) -> bool:
@@ -479,6 +390,7 @@ def _is_last(message: BrokerMessage) -> bool:
     if final is None:
         final = message.memo["ingest.final"] = orjson.loads(message.data).get("type") in (
             "session-completed",
+            "session-failed",
             "session-cancelled",
         )
     return bool(final)

@@ -7,7 +7,7 @@ from datetime import datetime  # noqa: TC003 -- pydantic and SQLAlchemy read ann
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sluicegate.engines.store import Base, UTCDateTime
@@ -44,13 +44,16 @@ class RaceSessionRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    archived_points: Mapped[int] = mapped_column(Integer, default=0)
-    archived_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    archived_points: Mapped[int] = mapped_column(BigInteger, default=0)
+    archived_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     archived_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # SLUICEGATE_NODE_URL of the node holding the session's spool (None: one node).
-    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The identity of the session log that holds its points (SessionLog.identity).
+    log: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The archive being written: its number and the index after its last point (None: none).
+    cut_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cut_end: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class SessionIn(BaseModel):
@@ -63,9 +66,9 @@ class SessionOut(BaseModel):
     stream: str
     metadata: dict[str, Any]
     state: SessionState
-    data_points: int = Field(description="Points acknowledged so far, archived or still spooled.")
+    data_points: int = Field(description="Points acknowledged so far, archived or still in the session's log.")
     bytes: int = Field(description="Size of those points as JSON Lines, before compression.")
-    spooled_points: int = Field(description="Points durable in the spool, not archived yet.")
+    spooled_points: int = Field(description="Points durable in the session's log, not archived yet.")
     archived_keys: list[str]
     created_at: datetime
     closed_at: datetime | None

@@ -7,7 +7,10 @@ in the OpenAPI document by hand. Its errors are the seed's:
 - ``400 {"error": "Incorrect AX Parser secret"}``
 - ``400 {"error": "No session present for the stream ID"}``
 - ``500 {"error": "Failed to set up stream handler"}`` when the point cannot be made durable
-- ``400`` naming the missing or invalid field, ``413`` for a body over the limit.
+- ``400`` naming the missing or invalid field, ``413`` for a body over the limit;
+- ``503`` when the session log cannot be reached (retry).
+
+Every node takes every point: it is appended to the session's log where it arrives.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from sluicegate.errors import APIError, ErrCode
 from sluicegate.responses import json_response
 from sluicegate.security.deps import AdminIdentity  # noqa: TC001 -- FastAPI reads route annotations at run time
-from sluicegate.services.forward import Forwarded, Forwarder
 from sluicegate.services.races.models import STREAM_PATTERN, SessionIn, SessionOut
 from sluicegate.services.races.service import RaceService, point_line
 from sluicegate.streaming.transport import error_response
@@ -72,10 +74,8 @@ class IngestApp:
         max_body_bytes: int,
         clock: Clock,
         metrics: Metrics,
-        forwarder: Forwarder | None = None,
     ) -> None:
         self.service = service
-        self.forwarder = forwarder
         self.secret = secret
         self.max_body_bytes = max_body_bytes
         self.clock = clock
@@ -87,27 +87,16 @@ class IngestApp:
         started = time.perf_counter()
         try:
             total, received_at = await self._ingest(scope, receive)
-        except Forwarded as forwarded:  # the stream's session is held by another node
-            await forwarded.response(scope, receive, send)
-            self.metrics.http_requests.labels("POST", ROUTE, str(forwarded.response.status_code)).inc()
-            return
         except APIError as exc:
             await error_response(send, exc)
-            if not self._passed_on(scope):
-                self.metrics.http_requests.labels("POST", ROUTE, str(exc.status)).inc()
+            self.metrics.http_requests.labels("POST", ROUTE, str(exc.status)).inc()
             return
         body = orjson.dumps({"status": "data_received", "timestamp": received_at, "data_points": total})
         headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if self._passed_on(scope):
-            return
         self._ok.inc()
         self._latency.observe(time.perf_counter() - started)
-
-    def _passed_on(self, scope: Scope) -> bool:
-        """Whether another node or worker passed this point on (and counted it)."""
-        return self.forwarder is not None and self.forwarder.verified(scope)
 
     def _check_secret(self, scope: Scope) -> None:
         query: bytes = scope["query_string"]
@@ -144,12 +133,6 @@ class IngestApp:
         stream = scope["path_params"]["stream"]
         if not _STREAM.match(stream):
             raise APIError.invalid_argument("Invalid stream ID", stream=stream[:100])
-        if stream not in self.service.by_stream:
-            forwarder = self.forwarder
-            node = await self.service.stream_holder(stream) if forwarder is not None else None
-            if forwarder is None or node is None:
-                raise APIError.invalid_argument("No session present for the stream ID")
-            raise Forwarded(await forwarder.forward_scope(scope, await self._read(scope, receive), node))
         try:
             payload = orjson.loads(await self._read(scope, receive))
         except orjson.JSONDecodeError as exc:
@@ -211,6 +194,7 @@ _INGEST_OPENAPI: dict[str, Any] = {
             "400": {"description": "Incorrect AX Parser secret; No session present for the stream ID; a bad field."},
             "413": {"description": "The body is over the limit."},
             "500": {"description": "Failed to set up stream handler (the point could not be made durable)."},
+            "503": {"description": "The session log cannot be reached; retry."},
         },
     }
 }
@@ -227,10 +211,8 @@ class RaceRoutes:
         max_body_bytes: int,
         clock: Clock,
         metrics: Metrics,
-        forwarder: Forwarder | None = None,
     ) -> None:
         self.service = service
-        self.forwarder = forwarder
         self.ingest = Route(
             ROUTE,
             IngestApp(
@@ -239,7 +221,6 @@ class RaceRoutes:
                 max_body_bytes=max_body_bytes,
                 clock=clock,
                 metrics=metrics,
-                forwarder=forwarder,
             ),
             methods=["POST"],
             name="race_data",
@@ -248,45 +229,25 @@ class RaceRoutes:
         self.router = APIRouter(prefix="/api/races/sessions", tags=["races"])
         self._routes()
 
-    def _held_here(self) -> list[Any]:
-        """A dependency that passes a request for a session another node holds on to that node."""
-        service, forwarder = self.service, self.forwarder
-
-        async def held_here(request: Request, admin: AdminIdentity, session_id: str = SessionId) -> None:
-            if forwarder is None:
-                return
-            node = await service.holder(admin, session_id)
-            if node is not None:
-                raise Forwarded(await forwarder.forward(request, node))
-
-        return [Depends(held_here)]
-
     def _routes(self) -> None:
         service = self.service
-        held = self._held_here()
 
         @self.router.post("", status_code=201, summary="Open the session of a stream (admin key)")
         async def create_session(body: SessionIn, admin: AdminIdentity) -> SessionOut:
             """Open a session: data posted for `stream` goes to it until it is closed."""
             return await service.create(admin, body)
 
-        @self.router.get(
-            "/{session_id}", summary="A session's state, counts and archives (admin key)", dependencies=held
-        )
+        @self.router.get("/{session_id}", summary="A session's state, counts and archives (admin key)")
         async def get_session(admin: AdminIdentity, session_id: str = SessionId) -> SessionOut:
             return await service.describe(admin, session_id)
 
-        @self.router.post(
-            "/{session_id}/close", summary="Archive what is spooled and close (admin key)", dependencies=held
-        )
+        @self.router.post("/{session_id}/close", summary="Archive what is spooled and close (admin key)")
         async def close_session(admin: AdminIdentity, session_id: str = SessionId) -> Response:
             """200 once everything is archived; 202 while archiving is still being retried."""
             out, done = await service.close_session(admin, session_id)
             return json_response(out.model_dump(mode="json"), 200 if done else 202)
 
-        @self.router.get(
-            "/{session_id}/data", summary="Every point of a session, as NDJSON (admin key)", dependencies=held
-        )
+        @self.router.get("/{session_id}/data", summary="Every point of a session, as NDJSON (admin key)")
         async def session_data(admin: AdminIdentity, session_id: str = SessionId) -> StreamingResponse:
             """Archived points, then spooled ones, in the order they were received."""
             await service.describe(admin, session_id)  # 404 before the response starts

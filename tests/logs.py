@@ -1,0 +1,64 @@
+"""Session logs for tests: a fresh namespace per test on the machine's Redis and NATS, a
+fresh folder for the spool; :func:`drop_log` removes what a shared one stored."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+import nats
+import redis.asyncio as aioredis
+from nats.js.errors import NotFoundError
+
+from tests.brokers import NATS, REDIS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sluicegate.clock import Clock
+    from sluicegate.engines.log import SessionLog
+
+#: Every log kind the contract suite runs against.
+LOG_KINDS = ("spool", "redis", "nats")
+
+
+def fresh_log_url(kind: str) -> str:
+    """A log URL in a namespace no other test uses."""
+    tag = secrets.token_hex(4)
+    if kind == "spool":
+        return "spool://"
+    if kind == "redis":
+        return f"{REDIS}?prefix=sgtest-{tag}"
+    if kind == "nats":
+        return f"{NATS}?stream=SG_TEST_{tag.upper()}_LOG"
+    raise ValueError(kind)
+
+
+def make_log(url: str, data_dir: Path, clock: Clock, *, fsync: bool = True) -> SessionLog:
+    from sluicegate.engines.log import log_from_url
+
+    return log_from_url(url, data_dir=data_dir, fsync=fsync, clock=clock)
+
+
+async def drop_log(url: str) -> None:
+    """Remove everything the log at ``url`` stored on its server."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "redis":
+        client = aioredis.from_url(REDIS)
+        try:
+            prefix = query["prefix"][0]
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+    elif parts.scheme == "nats":
+        connection = await nats.connect(NATS)
+        try:
+            await connection.jetstream().delete_stream(query["stream"][0])
+        except NotFoundError:
+            pass
+        finally:
+            await connection.close()
