@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import secrets
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit
 
-import nats
-import redis.asyncio as aioredis
-from nats.js.errors import NotFoundError
-
-from tests.brokers import NATS, REDIS
+from tests.brokers import NATS, REDIS, drop
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,23 +37,5 @@ def make_log(url: str, data_dir: Path, clock: Clock, *, fsync: bool = True) -> S
 
 
 async def drop_log(url: str) -> None:
-    """Remove everything the log at ``url`` stored on its server."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    if parts.scheme == "redis":
-        client = aioredis.from_url(REDIS)
-        try:
-            prefix = query["prefix"][0]
-            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-    elif parts.scheme == "nats":
-        connection = await nats.connect(NATS)
-        try:
-            await connection.jetstream().delete_stream(query["stream"][0])
-        except NotFoundError:
-            pass
-        finally:
-            await connection.close()
+    """Remove everything the log at ``url`` stored on its server (its Redis prefix, its stream)."""
+    await drop(url)

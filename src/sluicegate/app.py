@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import os
 import secrets
@@ -48,6 +49,7 @@ from sluicegate.streaming.transport import RAW_SEND, StreamApp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
 
     from starlette.requests import Request
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -203,13 +205,16 @@ class SluicegateApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def _holder(session_log: SessionLog) -> str:
-    """This process's name in the leases: random for each process on a shared log; the
-    spool's own identity on the spool, which one process at a time uses, so that a node
-    restarted after a crash takes its sessions back at once instead of a lease later."""
+def _holder(session_log: SessionLog, data_dir: Path) -> str:
+    """This process's name in the leases: random for each process on a shared log. On the
+    spool, which one process at a time uses, the same for every start on this host and
+    data folder, so that a node restarted after a crash takes its sessions back at once
+    instead of a lease later."""
+    host = socket.gethostname()[:60]
     if not session_log.shared:
-        return session_log.identity[:100]
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+        folder = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+        return f"{host}:spool:{folder}"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: StreamConfig) -> list[StreamEndpoint]:
@@ -294,7 +299,7 @@ def create_app(
         fsync={"races/": settings.race_fsync, "ingest/": settings.ingest_fsync},
         clock=clock,
     )
-    leases = Leases(store, clock, holder=_holder(session_log), seconds=settings.lease_seconds)
+    leases = Leases(store, clock, holder=_holder(session_log, settings.data_dir), seconds=settings.lease_seconds)
     races = RaceService(
         store,
         objects,

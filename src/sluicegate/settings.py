@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     ingest_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=0,
-        description="Processes that decode, check and hash large uploads (default: one per CPU); 0 does it in "
+        description="Processes that decode and check large uploads (default: one per CPU); 0 does it in "
         "the serving process.",
     )
     ingest_session_ttl_seconds: float = Field(

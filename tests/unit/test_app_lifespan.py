@@ -34,3 +34,16 @@ async def test_the_embedded_database_lives_in_the_data_dir(tmp_path: Path) -> No
         pass
     assert (tmp_path / "nested" / "sluicegate.db").exists()
     assert (tmp_path / "nested" / "jwt_secret").exists()
+
+
+def test_lease_holders_differ_by_process_on_a_shared_log_and_by_data_folder_on_the_spool(tmp_path: Path) -> None:
+    from sluicegate.app import _holder
+    from sluicegate.clock import SystemClock
+    from sluicegate.engines.log import log_from_url
+
+    spool = log_from_url("spool://", data_dir=tmp_path / "a", fsync=True, clock=SystemClock())
+    redis = log_from_url("redis://127.0.0.1:6379/0", data_dir=tmp_path, fsync=True, clock=SystemClock())
+    assert _holder(spool, tmp_path / "a") == _holder(spool, tmp_path / "a")  # a restart takes its leases back
+    assert _holder(spool, tmp_path / "a") != _holder(spool, tmp_path / "b")  # another node's spool
+    assert _holder(redis, tmp_path) != _holder(redis, tmp_path)  # every process its own
+    assert all(len(_holder(log, tmp_path)) <= 100 for log in (spool, redis))

@@ -848,3 +848,28 @@ async def test_any_node_lists_the_dead_letter_queue_and_a_retry_reaches_the_hold
         shared.clock, lambda: bool(events.of("batch-processed")), LEASE / 4, "the retried batch stored by a"
     )
     assert [r.state for r in await shared.batch_rows(session.id)] == ["processed"]
+
+
+async def test_a_session_in_another_log_is_refused_naming_the_setting_and_an_old_one_can_only_be_cancelled(
+    h: Harness,
+) -> None:
+    service = await h.service()
+    elsewhere, _ = await start(h, service)
+    legacy, _ = await start(h, service)
+    async with h.store.session() as db:  # as another node's spool, and as an earlier version, would record them
+        (await db.get(IngestSessionRow, elsewhere.id)).log = "spool:another-node"  # type: ignore[union-attr]
+        (await db.get(IngestSessionRow, legacy.id)).log = None  # type: ignore[union-attr]
+    for call in (
+        upload(service, elsewhere.id, records(1)),
+        service.end(IDENT, elsewhere.id, wait=False, timeout_ms=0),
+        service.pause(IDENT, elsewhere.id),
+        service.cancel(IDENT, elsewhere.job_id),
+    ):
+        error = await refused(call, ErrCode.UNAVAILABLE)
+        assert "SLUICEGATE_LOG_URL" in error.message
+    for call in (upload(service, legacy.id, records(1)), service.end(IDENT, legacy.id, wait=False, timeout_ms=0)):
+        error = await refused(call, ErrCode.CONFLICT)
+        assert error.details["message"].startswith("This session was started by an earlier version")
+        assert error.details["suggestion"] == "Cancel it and start a new session"
+    assert (await service.cancel(IDENT, legacy.job_id)).state == "cancelled"
+    assert (await h.row(elsewhere.id)).state == "active"  # untouched: its own node processes it

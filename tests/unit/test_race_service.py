@@ -464,3 +464,19 @@ async def test_any_node_counts_a_streams_points_exactly(shared: Harness) -> None
         await b.ingest("car", points(1)[0])
     with pytest.raises(LogNotFound):  # archived: the log is gone
         await b.log.head(log_name(sid))
+
+
+async def test_a_session_in_another_log_is_refused_and_an_old_one_closes_at_once(h: Harness) -> None:
+    service, elsewhere = await started(h, stream="far")
+    legacy = (await service.create(IDENT, SessionIn(stream="old"))).id
+    async with h.store.session() as db:
+        await db.execute(update(RaceSessionRow).where(RaceSessionRow.id == elsewhere).values(log="spool:another"))
+        await db.execute(update(RaceSessionRow).where(RaceSessionRow.id == legacy).values(log=None))
+    service._streams.clear()  # a node that has not seen these streams yet
+    for call in (service.ingest("far", points(1)[0]), service.close_session(IDENT, elsewhere)):
+        with pytest.raises(APIError) as refused:
+            await call
+        assert refused.value.status == 503 and "SLUICEGATE_LOG_URL" in refused.value.message
+    out, done = await service.close_session(IDENT, legacy)
+    assert done and out.state == SessionState.CLOSED
+    assert (await h.row(elsewhere)).state == SessionState.OPEN.value

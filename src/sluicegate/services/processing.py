@@ -20,17 +20,19 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sluicegate.edge import api_error
+from sluicegate.engines.log import LogError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from sluicegate.clock import Clock
+    from sluicegate.engines.log import SessionLog
     from sluicegate.engines.store.leases import Leases
 
-__all__ = ["Lease", "Processors"]
+__all__ = ["Lease", "Processors", "follow_into"]
 
 log = logging.getLogger("sluicegate.processing")
 
@@ -51,6 +53,16 @@ class Lease:
     key: str
     epoch: int
     reader: str
+
+
+async def follow_into(queue: asyncio.Queue[Any], session_log: SessionLog, name: str, lease: Lease) -> None:
+    """Put what a processor's log reader yields into ``queue`` (a ``LogError`` too, as an item)."""
+    try:
+        async with contextlib.aclosing(session_log.follow(name, reader=lease.reader)) as entries:
+            async for found in entries:
+                await queue.put(found)
+    except LogError as exc:
+        await queue.put(exc)
 
 
 class Processors:
@@ -170,8 +182,9 @@ class Processors:
                 await self.clock.sleep(self.tick)
             first = False
             try:
-                await self._renew()
-                await self._take()
+                async with asyncio.timeout(self.tick):  # a database that hangs is one that fails
+                    await self._renew()
+                    await self._take()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

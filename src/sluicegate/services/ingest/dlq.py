@@ -73,6 +73,9 @@ async def retry_dead(service: IngestService, identity: Identity, batch: str) -> 
         )
         if row is None:
             raise APIError.not_found("Batch not found in the dead-letter queue", batchId=batch)
+        session = await db.get(IngestSessionRow, row.session_id)
+        if session is not None:
+            service.own(session)
         session_id = row.session_id
         await db.execute(
             update(BatchRow)

@@ -1,4 +1,4 @@
-"""Turning an upload's body into durable-ready lines: decode, check, canonicalise, hash.
+"""Turning an upload's body into durable-ready lines: decode, check, canonicalise.
 
 This is the CPU-heavy part of ingestion, a pure function of bytes so that it can run in
 worker processes (``SLUICEGATE_INGEST_WORKERS``) while the event loop keeps serving.
@@ -8,7 +8,8 @@ whitespace character outside strings removed (msgspec's ``json.format(indent=-1)
 Keys keep the client's order and numbers and strings their spelling: the store holds
 what was sent, byte for byte but for whitespace, and re-encoding 10,000 records per
 upload (sorting keys) would cost three times the CPU. Each line's SHA-256 names its
-atom.
+atom; the digests are computed where the batch is stored (:mod:`.archiver`), off the
+upload's path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import msgspec
 
-from sluicegate.services.ingest.atoms import line_digests
 from sluicegate.services.ingest.validation import (
     AUDIO_FORMATS,
     IMAGE_FORMATS,
@@ -58,7 +58,6 @@ class Prepared:
     ok: bool
     count: int = 0
     lines: bytes = b""  # canonical records, one per line, each ending in \\n
-    digests: bytes = b""  # 32 bytes per record, in order
     min_ts: int = 0
     max_ts: int = 0
     error: str | None = None  # a body that is not a usable upload at all
@@ -92,7 +91,7 @@ def _check_items(kind: str, items: list[Any], schema: dict[str, Any] | None) -> 
 
 
 def prepare(kind: str, body: bytes, max_items: int, schema: dict[str, Any] | None = None) -> Prepared:
-    """Decode and check an upload of a ``kind`` session; canonicalise and hash its items.
+    """Decode and check an upload of a ``kind`` session; canonicalise its items.
 
     Never raises for bad input: the result says what is wrong.
     """
@@ -128,4 +127,4 @@ def prepare(kind: str, body: bytes, max_items: int, schema: dict[str, Any] | Non
             return Prepared(False, problems=problems)
         low, high = min(stamps), max(stamps)
     lines = b"\n".join(raws) + b"\n"
-    return Prepared(True, count=len(raws), lines=lines, digests=line_digests(lines), min_ts=low, max_ts=high)
+    return Prepared(True, count=len(raws), lines=lines, min_ts=low, max_ts=high)

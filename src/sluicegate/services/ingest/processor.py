@@ -27,7 +27,6 @@ not stored yet under the same keys; records after them are cut anew.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from sluicegate.services.ingest.archiver import SessionCancelled, SessionRef, ba
 from sluicegate.services.ingest.atoms import line_digests
 from sluicegate.services.ingest.batcher import Batcher, Cut, Known
 from sluicegate.services.ingest.models import FINAL_STATES, BatchRow, BatchState, IngestSessionRow, SessionState
+from sluicegate.services.processing import follow_into
 
 if TYPE_CHECKING:
     from sluicegate.engines.log import LogEntry
@@ -122,7 +122,7 @@ class IngestProcessor:
 
     async def run(self) -> None:
         """Process until the session is finished (returns), or until cancelled."""
-        follower = asyncio.create_task(self._follow())
+        follower = asyncio.create_task(follow_into(self._queue, self.service.log, self.name, self.lease))
         self._arm(_TTL, self._ttl_watch())
         try:
             while True:
@@ -159,14 +159,6 @@ class IngestProcessor:
             work.close()
             return
         self._timers[name] = asyncio.create_task(work)
-
-    async def _follow(self) -> None:
-        try:
-            async with contextlib.aclosing(self.service.log.follow(self.name, reader=self.lease.reader)) as entries:
-                async for found in entries:
-                    await self._queue.put(found)
-        except LogError as exc:
-            await self._queue.put(exc)
 
     async def _take(self, entries: list[LogEntry]) -> bool:
         """Cut what the entries complete; returns whether the session is over."""

@@ -28,12 +28,9 @@ tenant, type and schema).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import multiprocessing
 import secrets
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -41,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import func, select, update
 
-from sluicegate.engines.log import LogClosed, LogError, LogNotFound, LogState, LogUnavailable
+from sluicegate.engines.log import LogClosed, LogNotFound, LogState
 from sluicegate.errors import APIError
-from sluicegate.services.ingest.archiver import Archiver, SessionRef, batch_id
-from sluicegate.services.ingest.errors import refusal, session_not_found, state_conflict
+from sluicegate.services.ingest.archiver import Archiver, SessionRef
+from sluicegate.services.ingest.errors import session_not_found, state_conflict
 from sluicegate.services.ingest.models import (
     FINAL_STATES,
     TRANSITIONS,
@@ -55,9 +52,9 @@ from sluicegate.services.ingest.models import (
     SessionType,
     StartRequest,
 )
-from sluicegate.services.ingest.prepare import prepare
-from sluicegate.services.ingest.processor import IngestProcessor, log_name, meta_of
+from sluicegate.services.ingest.processor import IngestProcessor, log_name
 from sluicegate.services.ingest.schemas import schema_definition
+from sluicegate.services.ingest.uploads import Uploads
 from sluicegate.services.notify import wait_until, wakeups
 from sluicegate.services.processing import Processors
 
@@ -75,11 +72,8 @@ __all__ = ["IngestConfig", "IngestService", "SessionInfo", "SessionView", "iso"]
 
 log = logging.getLogger("sluicegate.ingest")
 
-_INLINE_BELOW = 64 * 1024  # smaller bodies are prepared on the event loop: no trip to a worker
 #: Sessions whose unchanging facts a node remembers.
 INFO_CACHE_SIZE = 10_000
-#: How long a node trusts its count of a session's stored records (the queue bound).
-QUEUED_REFRESH_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +177,7 @@ class IngestService:
         self.processors = Processors("ingest", leases, clock, candidates=self._candidates, run=self._process)
         self.processing: dict[str, IngestProcessor] = {}  # the processors running here
         self._info: dict[str, SessionInfo] = {}
-        self._queued: dict[str, tuple[int, int, float]] = {}  # session -> (received, stored, when counted)
-        self._pool: ProcessPoolExecutor | None = None
+        self.uploads = Uploads(self)
 
     iso = staticmethod(iso)
 
@@ -192,15 +185,12 @@ class IngestService:
 
     async def open(self) -> None:
         """Start processing: the sessions started here, and any whose processor stopped."""
-        if self.config.workers > 0:
-            self._pool = ProcessPoolExecutor(self.config.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.uploads.open()
         await self.processors.open()
 
     async def close(self) -> None:
         await self.processors.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self.uploads.close()
 
     async def check(self) -> None:
         return None
@@ -225,8 +215,8 @@ class IngestService:
             rows = (
                 await db.scalars(select(BatchRow).where(BatchRow.session_id == lease.key).order_by(BatchRow.seq))
             ).all()
-        if row is None or row.retired:
-            return
+        if row is None or row.retired or row.log != self.log.identity:
+            return  # nothing to do, or its records are in a log this node does not reach
         state = SessionState(row.state)
         if state in (SessionState.COMPLETED, SessionState.CANCELLED):
             await self.retire(row.id)  # finished, but its log was not deleted yet
@@ -289,7 +279,7 @@ class IngestService:
             await db.execute(update(IngestSessionRow).where(IngestSessionRow.id == session_id).values(**values))
         with contextlib.suppress(LogNotFound):
             await self.log.delete(name)
-        self._queued.pop(session_id, None)
+        self.uploads.forget(session_id)
 
     async def view(self, row: IngestSessionRow) -> SessionView:
         """What a session looks like now: its row, its batches' counts and its log's."""
@@ -343,6 +333,30 @@ class IngestService:
         if row is None or row.tenant != identity.tenant:
             raise APIError.not_found("Job not found", jobId=job_id)
         return row
+
+    def own(self, row: IngestSessionRow, *, legacy_ok: bool = False) -> None:
+        """Refuse to act on an unfinished session whose records are in another log.
+
+        Raises:
+            APIError: 503 when another log holds it; 409 for a session an earlier version
+                started (its records are in a spool this version does not read), unless
+                ``legacy_ok`` (cancelling it is allowed).
+        """
+        if row.log == self.log.identity or SessionState(row.state) in FINAL_STATES:
+            return
+        if row.log is None:
+            if legacy_ok:
+                return
+            raise state_conflict(
+                row.id,
+                SessionState(row.state),
+                "This session was started by an earlier version of Sluicegate and cannot take data or finish",
+                "Cancel it and start a new session",
+            )
+        raise APIError.unavailable(
+            "This session keeps its records in another session log than this node's "
+            "(SLUICEGATE_LOG_URL differs between nodes)"
+        )
 
     async def info(self, identity: Identity, session_id: str) -> SessionInfo:
         """What never changes about a session (remembered by this node).
@@ -426,6 +440,7 @@ class IngestService:
         state = SessionState(row.state)
         if state in FINAL_STATES:
             raise state_conflict(row.id, state, "The session is finished")
+        self.own(row)
         if to not in TRANSITIONS[state]:
             raise state_conflict(row.id, state, f"Cannot go from {state} to {to}")
         if not await self.transition(row.id, state, to):
@@ -440,6 +455,7 @@ class IngestService:
         row = await self.find(identity, session_id)
         if SessionState(row.state) in FINAL_STATES:
             return row  # ending a finished session is a no-op that reports it
+        self.own(row)
         async with wakeups(self.broker, channel_of(row.tenant, row.id)) as wake:
             if SessionState(row.state) != SessionState.COMPLETING:
                 sources = (SessionState.INITIALIZING, SessionState.ACTIVE, SessionState.PAUSED)
@@ -466,6 +482,7 @@ class IngestService:
             return row
         if state in FINAL_STATES:
             raise state_conflict(row.id, state, "The job is finished")
+        self.own(row, legacy_ok=True)
         await self.cancel_row(row)
         await self.processors.ensure(row.id)  # its processor retires it (here, if nobody else runs it)
         return await self.find_job(identity, job_id)
@@ -501,85 +518,11 @@ class IngestService:
                 when the records cannot be made durable.
         """
         started = self.clock.monotonic()
-        return await self.accept(await self.info(identity, session_id), body, started)
+        return await self.uploads.accept(await self.info(identity, session_id), body, started)
 
     async def accept(self, info: SessionInfo, body: bytes, started: float) -> dict[str, Any]:
         """The upload path for a body (shared with the WebSocket)."""
-        if info.log != self.log.identity:
-            raise APIError.unavailable(
-                "This session keeps its records in another session log than this node's "
-                "(SLUICEGATE_LOG_URL differs between nodes, or it was started by an earlier version)"
-            )
-        kind = info.session_type.value
-        if self._pool is not None and len(body) >= _INLINE_BELOW:
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(
-                self._pool, prepare, kind, body, self.config.max_batch_size, info.schema
-            )
-        else:
-            prepared = prepare(kind, body, self.config.max_batch_size, info.schema)
-        if not prepared.ok:
-            raise refusal(prepared, batch_id(info.id, 1), self.config.max_batch_size)
-        await self._check_queue(info, prepared.count)
-        try:
-            appended = await self.log.append(
-                log_name(info.id), prepared.lines, prepared.count, meta=meta_of(prepared.min_ts, prepared.max_ts)
-            )
-        except (LogClosed, LogNotFound):
-            raise await self._not_taking(info) from None
-        except LogUnavailable:
-            raise APIError.unavailable("The session log is unavailable; retry shortly") from None
-        except LogError as exc:
-            log.error("ingestion session %s: %s", info.id, exc)
-            raise APIError.internal("Failed to store the upload") from None
-        self._queued_seen(info.id, appended.total)
-        return {
-            "sessionId": info.id,
-            "recordsReceived": prepared.count,
-            "recordsProcessed": 0,  # batches are processed after the answer
-            "recordsQueued": prepared.count,
-            # The batch its first record falls in when batches are cut at full size (one cut
-            # early by maxBatchDelayMs moves the numbers on; the events name the real ones).
-            "batchId": batch_id(info.id, appended.first // info.batch_size + 1),
-            "processingTimeMs": round((self.clock.monotonic() - started) * 1000, 3),
-            "status": SessionState.ACTIVE.value,
-        }
-
-    async def _not_taking(self, info: SessionInfo) -> APIError:
-        """Why a session's log refused an upload, as the seed says it."""
-        row = await self.row(info.id)
-        state = SessionState(row.state) if row is not None else SessionState.CANCELLED
-        if state in FINAL_STATES:
-            return state_conflict(info.id, state, "The session is finished")
-        hint = "Resume the session to upload data" if state == SessionState.PAUSED else "Start a new session"
-        return state_conflict(info.id, state, "Session is not accepting data", hint)
-
-    async def _check_queue(self, info: SessionInfo, count: int) -> None:
-        """Refuse an upload when the session already has too many records waiting: the
-        node's count of stored records is at most a second old, so the bound is approximate."""
-        received, stored, counted = self._queued.get(info.id, (0, 0, 0.0))
-        if received - stored + count <= self.config.max_queued_records:
-            return
-        if self.clock.monotonic() - counted > QUEUED_REFRESH_SECONDS:
-            async with self.store.session() as db:
-                stored = int(
-                    await db.scalar(
-                        select(func.coalesce(func.sum(BatchRow.record_count), 0)).where(
-                            BatchRow.session_id == info.id, BatchRow.state == BatchState.PROCESSED.value
-                        )
-                    )
-                    or 0
-                )
-            self._queued[info.id] = (received, stored, self.clock.monotonic())
-            if received - stored + count <= self.config.max_queued_records:
-                return
-        raise APIError.unavailable("Too many records are waiting to be processed; retry shortly")
-
-    def _queued_seen(self, session_id: str, total: int) -> None:
-        received, stored, counted = self._queued.get(session_id, (0, 0, 0.0))
-        if len(self._queued) >= INFO_CACHE_SIZE and session_id not in self._queued:
-            self._queued.clear()
-        self._queued[session_id] = (max(received, total), stored, counted)
+        return await self.uploads.accept(info, body, started)
 
 
 def _from_timestamp(seconds: float) -> datetime:

@@ -32,6 +32,7 @@ from sluicegate.edge import api_error
 from sluicegate.engines.log import LogError, LogNotFound, LogState
 from sluicegate.engines.objects import ObjectStoreUnavailable
 from sluicegate.engines.store import StoreUnavailable
+from sluicegate.services.processing import follow_into
 from sluicegate.services.races.models import RaceSessionRow, SessionState
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ class RaceProcessor:
         if self.state == SessionState.CLOSING:
             with contextlib.suppress(LogNotFound):  # a close that stopped between its two steps
                 await service.log.set_state(self.name, LogState.SEALED)
-        follower = asyncio.create_task(self._follow())
+        follower = asyncio.create_task(follow_into(self._queue, self.service.log, self.name, self.lease))
         try:
             while True:
                 item = await self._queue.get()
@@ -156,14 +157,6 @@ class RaceProcessor:
             await asyncio.gather(follower, *(t for t in (self._watcher,) if t), return_exceptions=True)
             service.buffered.pop(self.id, None)
             service.set_spooled_gauge()
-
-    async def _follow(self) -> None:
-        try:
-            async with contextlib.aclosing(self.service.log.follow(self.name, reader=self.lease.reader)) as entries:
-                async for found in entries:
-                    await self._queue.put(found)
-        except LogError as exc:
-            await self._queue.put(exc)
 
     async def _take(self, entries: list[LogEntry]) -> bool:
         """Buffer new points; returns whether the seal was reached."""

@@ -154,8 +154,8 @@ class RaceService:
     async def _process(self, lease: Lease) -> None:
         async with self.store.session() as db:
             row = await db.get(RaceSessionRow, lease.key)
-        if row is None or row.state == SessionState.CLOSED.value:
-            return
+        if row is None or row.state == SessionState.CLOSED.value or row.log != self.log.identity:
+            return  # nothing to do, or its points are in a log this node does not reach
         if row.archived_points or row.cut_seq is not None:
             log.info("race session %s: processing from point %d", row.id, row.archived_points)
         await RaceProcessor(self, lease, row).run()
@@ -246,6 +246,16 @@ class RaceService:
         row = await self._row(identity, session_id)
         if row.state == SessionState.CLOSED.value:
             return _out(row), True
+        if row.log is None:  # an earlier version's: its spool is not read by this one
+            async with self.store.session() as db:
+                await db.execute(
+                    update(RaceSessionRow)
+                    .where(RaceSessionRow.id == row.id)
+                    .values(state=SessionState.CLOSED.value, closed_at=row.closed_at or self.clock.now())
+                )
+            self._streams.pop(row.stream, None)
+            return _out(await self._row(identity, session_id)), True
+        _same_log(row.log, self.log.identity)
         async with wakeups(self.broker, session_channel(row.tenant, row.id)) as wake:
             if row.state == SessionState.OPEN.value:
                 async with self.store.session() as db:
@@ -289,11 +299,7 @@ class RaceService:
         if found is None:
             raise APIError.invalid_argument("No session present for the stream ID")
         session_id, session_log = found
-        if session_log != self.log.identity:
-            raise APIError.unavailable(
-                "This stream's session keeps its points in another session log than this node's "
-                "(SLUICEGATE_LOG_URL differs between nodes)"
-            )
+        _same_log(session_log, self.log.identity)
         if len(self._streams) >= STREAM_CACHE_SIZE:
             self._streams.clear()
         self._streams[stream] = session_id
@@ -391,6 +397,19 @@ class RaceService:
             data = await asyncio.to_thread(decompressor.decompress, chunk)
             if data:
                 yield data
+
+
+def _same_log(session_log: str | None, ours: str) -> None:
+    """Refuse to work on a session whose points are in a log this node does not reach.
+
+    Raises:
+        APIError: 503, naming the setting.
+    """
+    if session_log != ours:
+        raise APIError.unavailable(
+            "This race session keeps its points in another session log than this node's "
+            "(SLUICEGATE_LOG_URL differs between nodes, or an earlier version opened it)"
+        )
 
 
 @dataclass(slots=True)
