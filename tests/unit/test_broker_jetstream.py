@@ -11,6 +11,7 @@ import nats
 import pytest
 
 from sluicegate.clock import ManualClock
+from sluicegate.engines import nats_connect
 from sluicegate.engines.broker import Gap, broker_from_url
 from sluicegate.engines.broker import jetstream as module
 from sluicegate.engines.broker.jetstream import JetStreamBroker
@@ -75,7 +76,7 @@ async def test_the_url_names_the_broker_and_its_stream(url: str, clock: ManualCl
 async def test_an_unreachable_server_fails_at_start_up_naming_the_setting(
     clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(module, "OPEN_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(nats_connect, "OPEN_TIMEOUT_SECONDS", 0.5)
     broker = JetStreamBroker("nats://127.0.0.1:1", history_size=5, history_seconds=60, pending_limit=4, clock=clock)
     with pytest.raises(ConfigurationError, match="SLUICEGATE_BROKER_URL: cannot reach NATS"):
         await broker.open()

@@ -15,6 +15,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from sluicegate.clock import ManualClock
+from sluicegate.engines import nats_connect
 from sluicegate.engines.broker.jetstream import EXPECTED_LAST
 from sluicegate.engines.log import LogState, log_from_url, nats_writer
 from sluicegate.engines.log import nats as module
@@ -297,7 +298,7 @@ def test_bad_urls_are_refused_naming_the_setting(query: str, clock: ManualClock)
 async def test_a_log_that_cannot_be_set_up_fails_at_start_up_naming_the_setting(
     url: str, clock: ManualClock, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(module, "OPEN_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(nats_connect, "OPEN_TIMEOUT_SECONDS", 0.5)
     with pytest.raises(ConfigurationError, match="SLUICEGATE_LOG_URL: cannot reach NATS"):
         await NatsLog("nats://127.0.0.1:1", clock=clock).open()
     stream = url.partition("stream=")[2]

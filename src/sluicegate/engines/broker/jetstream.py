@@ -60,6 +60,7 @@ from nats.js import api
 
 from sluicegate.engines.broker import BrokerMessage, ChannelStats, Gap, History
 from sluicegate.engines.broker.fanout import ChannelReader, FanoutSubscription, ReaderPool
+from sluicegate.engines.nats_connect import connect
 from sluicegate.errors import APIError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -84,8 +85,6 @@ WRONG_LAST_SEQUENCE = 10071
 #: JetStream's error code for "stream name already in use with a different configuration".
 STREAM_NAME_IN_USE = 10058
 
-#: Seconds ``open`` tries to reach the server before giving up.
-OPEN_TIMEOUT_SECONDS = 5.0
 #: Seconds one request to JetStream may take.
 REQUEST_TIMEOUT_SECONDS = 5.0
 #: Seconds a live reader's pull request waits for new messages before it is renewed.
@@ -427,19 +426,9 @@ class JetStreamBroker:
             ConfigurationError: NATS cannot be reached, has no JetStream, or the stream
                 cannot take this configuration.
         """
-        try:
-            async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
-                nc = await nats.connect(
-                    self._url,
-                    name="sluicegate",
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
-            raise ConfigurationError(f"SLUICEGATE_BROKER_URL: cannot reach NATS ({type(exc).__name__})") from None
+        nc = await connect(
+            self._url, name="sluicegate", setting="SLUICEGATE_BROKER_URL", log=log, in_use=lambda: self._nc is not None
+        )
         js = nc.jetstream(timeout=REQUEST_TIMEOUT_SECONDS)
         config = api.StreamConfig(
             name=self._stream,
@@ -473,16 +462,6 @@ class JetStreamBroker:
     async def check(self) -> None:
         with _translated():
             await self.js.stream_info(self._stream)
-
-    async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS connection error: %s", exc)
-
-    async def _on_disconnected(self) -> None:
-        if self._nc is not None:  # not our own close
-            log.warning("disconnected from NATS; reconnecting")
-
-    async def _on_reconnected(self) -> None:
-        log.info("reconnected to NATS")
 
     # -- the Broker protocol -------------------------------------------------------------
 

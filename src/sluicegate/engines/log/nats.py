@@ -53,6 +53,7 @@ from sluicegate.engines.log import LogEntryTooLarge, LogNotFound, LogState, LogU
 from sluicegate.engines.log.frames import check_meta
 from sluicegate.engines.log.nats_messages import Reassembler, parse_position
 from sluicegate.engines.log.nats_writer import Writer, translated
+from sluicegate.engines.nats_connect import connect
 from sluicegate.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -72,7 +73,6 @@ _log = logging.getLogger("sluicegate.log")
 #: The stream when the URL names none.
 DEFAULT_STREAM = "SLUICEGATE_LOG"
 #: Seconds ``open`` tries to reach the server before giving up.
-OPEN_TIMEOUT_SECONDS = 5.0
 #: Seconds one request to JetStream may take.
 REQUEST_TIMEOUT_SECONDS = 5.0
 #: How long JetStream remembers a Nats-Msg-Id.
@@ -290,19 +290,13 @@ class NatsLog:
             ConfigurationError: NATS cannot be reached, has no JetStream, or the stream
                 cannot take this configuration (naming ``SLUICEGATE_LOG_URL``).
         """
-        try:
-            async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
-                nc = await nats.connect(
-                    self._url,
-                    name="sluicegate-log",
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
-            raise ConfigurationError(f"SLUICEGATE_LOG_URL: cannot reach NATS ({type(exc).__name__})") from None
+        nc = await connect(
+            self._url,
+            name="sluicegate-log",
+            setting="SLUICEGATE_LOG_URL",
+            log=_log,
+            in_use=lambda: self._nc is not None,
+        )
         js = nc.jetstream(timeout=REQUEST_TIMEOUT_SECONDS)
         try:
             await self._set_up(js)
@@ -359,16 +353,6 @@ class NatsLog:
         """
         with translated():
             await self.js.stream_info(self._stream)
-
-    async def _on_error(self, exc: Exception) -> None:
-        _log.warning("NATS connection error: %s", exc)
-
-    async def _on_disconnected(self) -> None:
-        if self._nc is not None:  # not our own close
-            _log.warning("the log is disconnected from NATS; reconnecting")
-
-    async def _on_reconnected(self) -> None:
-        _log.info("the log reconnected to NATS")
 
     # -- the SessionLog protocol ----------------------------------------------------------------
 
