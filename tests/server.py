@@ -71,13 +71,20 @@ class Server:
         return self.process.returncode
 
 
+def server_env(data_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a test server: this one's without any Sluicegate or provider
+    setting, then the data folder and ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_") and k not in CLOUD_KEYS}
+    full_env.update({"SLUICEGATE_DATA_DIR": str(data_dir), "SLUICEGATE_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
+    full_env.update(env or {})
+    return full_env
+
+
 def start_server(
     app: str | None, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> Server:
     """Start ``sluicegate serve --port 0`` and wait until it listens."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_") and k not in CLOUD_KEYS}
-    full_env.update({"SLUICEGATE_DATA_DIR": str(data_dir), "SLUICEGATE_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
-    full_env.update(env or {})
+    full_env = server_env(data_dir, env)
     command = [sys.executable, "-m", "sluicegate", "serve", "--port", "0", *args]
     if app is not None:
         command += ["--app", app]

@@ -313,3 +313,33 @@ async def test_check_answers_while_open_and_refuses_once_closed(database_url: st
     await store.close()
     with pytest.raises(RuntimeError, match="not open"):
         await store.check()
+
+
+def _wal_at_once(path: str, barrier: Any, failures: Any) -> None:
+    from sluicegate.engines.store import _make_wal
+
+    barrier.wait()
+    try:
+        _make_wal(path)
+    except Exception:
+        failures.put(path)
+
+
+def test_processes_making_a_new_database_wal_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    # The workers of one node start together on a database that does not exist yet.
+    import multiprocessing
+    import sqlite3
+
+    context = multiprocessing.get_context("fork")
+    failures = context.Queue()
+    for round_ in range(15):
+        path = str(tmp_path / f"new{round_}.db")
+        barrier = context.Barrier(3)
+        workers = [context.Process(target=_wal_at_once, args=(path, barrier, failures)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert [w.exitcode for w in workers] == [0, 0, 0]
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert failures.empty()

@@ -150,10 +150,22 @@ class Processors:
         except Exception as exc:
             log.warning("could not take the lease of %s %s: %s", self.kind, key, api_error(exc) or exc)
             return False
-        if epoch is None or self._closing:
+        if epoch is None:
             return False
-        lease = Lease(key, epoch, f"{self.leases.holder}.{epoch}")
-        self.running[key] = asyncio.create_task(self._run(lease))
+        return self.adopt(key, epoch)
+
+    def adopt(self, key: str, epoch: int) -> bool:
+        """Start the processor of ``key`` under a lease this process has just taken (a new
+        session's, taken before its row exists, so that no other node's scan takes it first).
+
+        Returns:
+            Whether it runs here.
+        """
+        if self._closing:
+            return False
+        if key not in self.running:
+            lease = Lease(key, epoch, f"{self.leases.holder}.{epoch}")
+            self.running[key] = asyncio.create_task(self._run(lease))
         return True
 
     async def _run(self, lease: Lease) -> None:

@@ -13,6 +13,9 @@ acknowledgement promises here.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +78,30 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
+#: Tries at switching a new SQLite database to WAL while another process does (50 ms apart).
+WAL_ATTEMPTS = 100
+
+
+def _make_wal(path: str) -> None:
+    """Switch a SQLite database to WAL once, before any connection of the pool (blocking).
+
+    Two processes making a new database WAL at the same moment (the workers of one node
+    starting together) race for it, and SQLite refuses the loser at once, busy timeout or
+    not; once the file is in WAL mode, the switch is a no-op for every later connection.
+    """
+    for attempt in range(WAL_ATTEMPTS):
+        connection = sqlite3.connect(path, timeout=5)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_ATTEMPTS - 1:
+                raise
+        finally:
+            connection.close()
+        time.sleep(0.05)
+
+
 class Store:
     """A database, opened at start-up and closed at shutdown.
 
@@ -115,6 +142,10 @@ class Store:
             path = self.url.split(":///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    await asyncio.to_thread(_make_wal, path)
+                except sqlite3.Error as exc:
+                    raise ConfigurationError(f"SLUICEGATE_DATABASE_URL: cannot open the database ({exc})") from None
         engine = create_async_engine(self.url, pool_pre_ping=True)
         if self.url.startswith("sqlite"):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

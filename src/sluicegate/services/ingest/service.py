@@ -390,7 +390,8 @@ class IngestService:
     # -- commands ------------------------------------------------------------------------
 
     async def start(self, identity: Identity, body: StartRequest) -> IngestSessionRow:
-        """Create a session and its job, and start its processor here.
+        """Create a session and its job, and start its processor here (its lease is taken
+        before its row is written, so no other node's scan takes it first).
 
         Raises:
             APIError: 403 for a ``tenantId`` other than the token's; 404 for an unknown
@@ -421,10 +422,16 @@ class IngestService:
             log=self.log.identity,
             retired=False,
         )
-        async with self.store.session() as db:
-            db.add(row)
+        epoch = await self.leases.acquire("ingest", session_id)  # a new id: nobody else holds it
+        try:
+            async with self.store.session() as db:
+                db.add(row)
+        except BaseException:
+            await self.leases.forget("ingest", session_id)
+            raise
         await self.emit(SessionRef(row.id, row.tenant), "session-started", sessionId=row.id)
-        await self.processors.ensure(row.id)
+        if epoch is not None:
+            self.processors.adopt(row.id, epoch)
         return row
 
     async def pause(self, identity: Identity, session_id: str) -> IngestSessionRow:

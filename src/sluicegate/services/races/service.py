@@ -207,14 +207,17 @@ class RaceService:
             failed_attempts=0,
             log=self.log.identity,
         )
+        epoch = await self.leases.acquire("races", session_id)  # a new id: nobody else holds it
         try:
             async with self.store.session() as db:
                 db.add(row)
         except StoreConflict:
+            await self.leases.forget("races", session_id)
             await self.log.delete(log_name(session_id))
             raise APIError.already_exists("A session is already open for this stream", stream=body.stream) from None
         self._streams[body.stream] = session_id
-        await self.processors.ensure(session_id)
+        if epoch is not None:
+            self.processors.adopt(session_id, epoch)
         return _out(row, await self.log.head(log_name(session_id)))
 
     async def describe(self, identity: Identity, session_id: str) -> SessionOut:
