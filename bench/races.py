@@ -1,23 +1,43 @@
 """Race collection benchmark: durable acknowledged points per second, then flush throughput.
 
-Starts ``--nodes`` single-process ``sluicegate serve`` nodes (default 1; file object
-store and one SQLite database shared by the nodes, fsync on unless ``--no-fsync``), each
-pinned to a CPU of its own (with one node: the server on CPU 0, the load on CPU 1),
-opens ``--streams`` race sessions (default one per node) spread over the nodes, and
+Starts ``--nodes`` single-process ``sluicegate serve`` nodes (default 1) that share one
+database (an SQLite file, ``--database-url``, or ``--postgres`` for a fresh PostgreSQL
+database of the run's own), one file object store, the broker (``--broker``) and the
+session log (``--log``, ``SLUICEGATE_LOG_URL``; unset: the local spool with the memory
+broker, the broker's own engine with a Redis or NATS broker). Several nodes need a
+shared log: any node takes any stream's points, there is no holder. Each node is pinned
+to a CPU of its own (one node: the server on CPU 0, the load on CPU 1); the shared
+servers (Redis, NATS, PostgreSQL) float.
+
+It opens ``--streams`` race sessions (default one per node, opened round-robin) and
 posts one ~100-byte telemetry point at a time to ``POST /api/streams/races/{stream}/data``
-for ``--seconds`` over ``--connections`` keep-alive HTTP/1.1 connections, each stream's
-posts going to the node that holds it (as a load balancer routing by stream would).
-The load is ``wrk`` when it is installed (one process per stream), else this process's
-raw-socket posters (``--load python``). Every 200 counts: the point was in the spool
-(written and fdatasync'ed) before the answer. Then it closes the sessions, which
-compresses the spools with zstd and writes the archives to the object store, and times
+for ``--seconds`` over ``--connections`` keep-alive HTTP/1.1 connections. By default
+every stream's points are spread over every node (each (stream, node) pair gets its
+share of the connections); ``--route-by-stream`` sends stream i to node i % nodes only,
+as a load balancer routing by stream would. The load is ``wrk`` when it is installed
+(one process per (stream, node) pair), else this process's raw-socket posters
+(``--load python``). Every 200 counts: the point was in the session's log first
+(on the spool: written and fdatasync'ed, unless ``--no-fsync``; on NATS: acknowledged
+by JetStream; on Redis: in Redis's memory). Then it closes the sessions (the
+processors compress what the logs hold with zstd and write the archives) and times
 that. ``--baseline`` serves ``bench.races_baseline`` instead: the same body parsed and
-answered by a bare ASGI app, no framework and no durability (the floor). Prints one
-JSON line.
+answered by a bare ASGI app, no framework and no durability (the floor).
+
+Every run reports the CPU cores each process used during the load (the nodes with
+their children, Redis, NATS, PostgreSQL, the load, and ``others``: the rest of the
+machine, high when the run was disturbed), every failed answer (by status and body with
+``--load python``; by kind with wrk), and how each node stopped, with its warnings.
+``--profile`` samples each node with py-spy during the load (the thread holding the
+GIL only) and reports the share of samples inside the session-log engine, its client
+library and elsewhere; sampling slows the server, so a profiled run's throughput is not
+a figure to quote. ``--timed`` serves ``bench.timed_app``, which counts and times the
+log's calls. Redis keys, JetStream streams and a ``--postgres`` database the run made
+are removed at the end. Prints one JSON line.
 
     .venv/bin/python bench/races.py
-    .venv/bin/python bench/races.py --nodes 2
-    .venv/bin/python bench/races.py --baseline --nodes 2
+    .venv/bin/python bench/races.py --baseline
+    .venv/bin/python bench/races.py --broker nats://127.0.0.1:4222 --nodes 2 --postgres postgresql://postgres@127.0.0.1:5432
+    .venv/bin/python bench/races.py --broker redis://127.0.0.1:6379/0 --nodes 2 --profile
 """
 
 from __future__ import annotations
@@ -34,7 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -43,8 +63,11 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.s3 import free_port  # noqa: E402
-from tests.server import Server, start_server  # noqa: E402 -- the same launcher the tests use
+from bench.cluster import Profiler, backends, cpu_snapshot, cpu_spent, start_nodes, stop_nodes  # noqa: E402
+from bench.timed_app import read_timings  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.server import Server
 
 KEY, SECRET, STREAM = "sk-bench-admin", "bench-secret", "bench-driver"
 
@@ -58,6 +81,7 @@ class Poster(asyncio.Protocol):
         self.done = done
         self.ok = 0
         self.failed = 0
+        self.failures: dict[str, int] = {}  # answers other than 200: "<status> <body>", counted
         self.latencies: list[float] = []
         self._buffer = b""
         self._sent = 0.0
@@ -86,6 +110,7 @@ class Poster(asyncio.Protocol):
             end = head_end + 4 + length
             if len(self._buffer) < end:
                 return
+            body = self._buffer[head_end + 4 : end]
             self._buffer = self._buffer[end:]
             now = time.perf_counter()
             if head.startswith(b"HTTP/1.1 200"):
@@ -93,6 +118,8 @@ class Poster(asyncio.Protocol):
                 self.latencies.append(now - self._sent)
             else:
                 self.failed += 1
+                what = (head[9:12] + b" " + body[:150]).decode(errors="replace")
+                self.failures[what] = self.failures.get(what, 0) + 1
             if now < self.deadline:
                 self._send()
             elif not self.done.done():
@@ -122,8 +149,7 @@ def _request(host: str, stream: str) -> bytes:
 
 
 async def _python_load(targets: list[tuple[str, int, str]], connections: int, seconds: float) -> dict[str, Any]:
-    """``connections`` posters from this process, spread over the streams (each posting
-    to the node that holds its stream)."""
+    """``connections`` posters from this process, spread round-robin over the targets."""
     loop = asyncio.get_running_loop()
     deadline = time.perf_counter() + seconds
     posters = []
@@ -143,10 +169,20 @@ async def _python_load(targets: list[tuple[str, int, str]], connections: int, se
     return {
         "acknowledged": ok,
         "failed": sum(p.failed for p in posters),
+        **({"failures": merge_counts([p.failures for p in posters])} if any(p.failures for p in posters) else {}),
         "acknowledged_per_s": round(ok / elapsed),
         "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2) if latencies else None,
     }
+
+
+def merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Counts by key, summed over several counters."""
+    merged: dict[str, int] = {}
+    for one in counts:
+        for key, count in one.items():
+            merged[key] = merged.get(key, 0) + count
+    return merged
 
 
 def _wrk_milliseconds(value: str) -> float:
@@ -157,7 +193,7 @@ def _wrk_milliseconds(value: str) -> float:
 
 
 def _wrk_load(targets: list[tuple[str, int, str]], connections: int, seconds: float) -> dict[str, Any]:
-    """One ``wrk`` process per stream (a C load generator: the Python posters cost the
+    """One ``wrk`` process per target (a C load generator: the Python posters cost the
     machine about as much CPU per request as the server), each with its share of the
     connections; answers other than 2xx are counted apart."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -174,6 +210,7 @@ def _wrk_load(targets: list[tuple[str, int, str]], connections: int, seconds: fl
     finally:
         os.unlink(script.name)
     ok = failed = 0
+    kinds: dict[str, int] = {}
     rate = 0.0
     p50: list[float] = []
     p99: list[float] = []
@@ -182,18 +219,33 @@ def _wrk_load(targets: list[tuple[str, int, str]], connections: int, seconds: fl
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
         errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
         not_ok = (int(bad.group(1)) if bad else 0) + (sum(int(x) for x in errors.groups()) if errors else 0)
+        counts = [("non-2xx answers", bad.group(1) if bad else "0")]
+        socket_kinds = ("connect", "read", "write", "timeout (2 s)")
+        counts += list(zip(socket_kinds, errors.groups() if errors else (), strict=False))
+        for kind, count in counts:
+            if int(count):
+                kinds[kind] = kinds.get(kind, 0) + int(count)
         ok += requests - not_ok
         failed += not_ok
         rate += float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
-        p50.append(_wrk_milliseconds(re.search(r"50%\s+(\S+)", output).group(1)))  # type: ignore[union-attr]
-        p99.append(_wrk_milliseconds(re.search(r"99%\s+(\S+)", output).group(1)))  # type: ignore[union-attr]
+        p50.append(_wrk_milliseconds(re.search(r"^\s*50%\s+(\S+)", output, re.MULTILINE).group(1)))  # type: ignore[union-attr]
+        p99.append(_wrk_milliseconds(re.search(r"^\s*99%\s+(\S+)", output, re.MULTILINE).group(1)))  # type: ignore[union-attr]
     return {
         "acknowledged": ok,
         "failed": failed,
+        **({"failures": kinds} if kinds else {}),
         "acknowledged_per_s": round(rate * ok / max(ok + failed, 1)),
-        "p50_ms": round(max(p50), 2),  # the slowest stream's
+        "p50_ms": round(max(p50), 2),  # the slowest target's
         "p99_ms": round(max(p99), 2),
     }
+
+
+def _targets(nodes: list[Server], streams: list[str], *, route_by_stream: bool) -> list[tuple[str, int, str]]:
+    """(host, port, stream) of every connection group: each stream on every node, or
+    stream i on node i % nodes only."""
+    if route_by_stream:
+        return [(nodes[i % len(nodes)].host, nodes[i % len(nodes)].port, s) for i, s in enumerate(streams)]
+    return [(node.host, node.port, stream) for stream in streams for node in nodes]
 
 
 async def _run(nodes: list[Server], args: argparse.Namespace) -> dict[str, Any]:
@@ -201,34 +253,48 @@ async def _run(nodes: list[Server], args: argparse.Namespace) -> dict[str, Any]:
         httpx.AsyncClient(base_url=f"http://{n.host}:{n.port}", headers={"X-API-Key": KEY}, timeout=600) for n in nodes
     ]
     try:
-        # Stream i is opened on node i % nodes, which holds it; its posts go there, as a
-        # load balancer that routes by stream would send them.
-        sessions = []
-        targets = []
+        sessions = []  # (node the session was opened on, its id)
+        streams = []
         for i in range(args.streams):
             node = i % len(nodes)
             stream = f"{STREAM}-{i}"
             opened = await clients[node].post("/api/races/sessions", json={"stream": stream})
             assert opened.status_code in (200, 201), opened.text
             sessions.append((node, opened.json()["id"]))
-            targets.append((nodes[node].host, nodes[node].port, stream))
+            streams.append(stream)
+        targets = _targets(nodes, streams, route_by_stream=args.route_by_stream)
+        profiler = None
+        if args.profile:
+            pids = [n.process.pid for n in nodes]
+            profiler = Profiler(pids, delay=1.0, seconds=args.seconds - 2, keep=args.profile_out)
+            profiler.start_later()
+        cpu_before, load_started = cpu_snapshot(nodes), time.perf_counter()
         if args.load == "wrk":
             ingest = await asyncio.to_thread(_wrk_load, targets, args.connections, args.seconds)
         else:
             ingest = await _python_load(targets, args.connections, args.seconds)
-        ingest = {"load": args.load, "connections": args.connections, "streams": args.streams, **ingest}
+        cpu = cpu_spent(cpu_before, cpu_snapshot(nodes), time.perf_counter() - load_started)
+        ingest = {
+            "load": args.load,
+            "connections": args.connections,
+            "streams": args.streams,
+            "routing": "stream i to node i % nodes" if args.route_by_stream else "every stream over every node",
+            **ingest,
+        }
         before = [(await clients[n].get(f"/api/races/sessions/{sid}")).json() for n, sid in sessions]
         started = time.perf_counter()
         closed = await asyncio.gather(*(clients[n].post(f"/api/races/sessions/{sid}/close") for n, sid in sessions))
         flush_seconds = time.perf_counter() - started
+        profile = await asyncio.to_thread(profiler.results) if profiler is not None else None
     finally:
         for client in clients:
             await client.aclose()
     after = [c.json() for c in closed]
     ingest["data_points"] = sum(b["data_points"] for b in before)  # durable, answered or not when the load stopped
     raw_mb = sum(b["bytes"] for b in before) / 1e6
-    return {
+    result: dict[str, Any] = {
         "ingest": ingest,
+        "cpu_cores_during_load": cpu,
         "flush": {
             "points": sum(a["data_points"] for a in after),
             "jsonl_mb": round(raw_mb, 2),
@@ -238,19 +304,30 @@ async def _run(nodes: list[Server], args: argparse.Namespace) -> dict[str, Any]:
             "states": sorted({a["state"] for a in after}),
         },
     }
+    if profile is not None:
+        result["profile"] = profile
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=64, help="concurrent posters, over all streams")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to post")
-    parser.add_argument("--no-fsync", action="store_true", help="acknowledge after write(), without fdatasync")
+    parser.add_argument("--no-fsync", action="store_true", help="on the spool, acknowledge after write(), no fdatasync")
     parser.add_argument(
         "--baseline", action="store_true", help="serve bench.races_baseline (no durability, no framework) instead"
     )
-    parser.add_argument("--nodes", type=int, default=1, help="single-process nodes, each holding its own streams")
+    parser.add_argument("--nodes", type=int, default=1, help="single-process nodes sharing the database and the log")
     parser.add_argument(
-        "--streams", type=int, default=None, help="race sessions, spread over the nodes (default: one per node)"
+        "--streams",
+        type=int,
+        default=None,
+        help="race sessions, opened round-robin on the nodes (default: one per node)",
+    )
+    parser.add_argument(
+        "--route-by-stream",
+        action="store_true",
+        help="post stream i to node i %% nodes only (default: every stream's points spread over every node)",
     )
     parser.add_argument(
         "--load",
@@ -261,47 +338,69 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="shared by the nodes (default: one SQLite file in the benchmark's folder)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="server processes per node (needs --broker)")
-    parser.add_argument("--broker", default="memory://", help="SLUICEGATE_BROKER_URL (redis://... for --workers 2)")
+    parser.add_argument(
+        "--postgres",
+        metavar="SERVER_URL",
+        help="a fresh database of the run's own on this PostgreSQL server (postgresql://postgres@127.0.0.1:5432), "
+        "dropped at the end",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="server processes per node (needs a shared log)")
+    parser.add_argument(
+        "--broker", default="memory://", help="SLUICEGATE_BROKER_URL: memory://, redis://... or nats://..."
+    )
+    parser.add_argument(
+        "--log",
+        default=os.environ.get("SLUICEGATE_LOG_URL"),
+        help="SLUICEGATE_LOG_URL: spool://, redis://... or nats://... (default: the spool with the memory broker, "
+        "the broker's engine with a shared one)",
+    )
+    parser.add_argument(
+        "--timed",
+        action="store_true",
+        help="serve bench.timed_app: count and time the log's and the archiver's calls on each node",
+    )
+    parser.add_argument("--profile-out", type=Path, help="with --profile: keep py-spy's raw output in this folder")
+    parser.add_argument("--profile", action="store_true", help="sample the nodes with py-spy during the load")
     args = parser.parse_args()
     args.streams = args.streams or args.nodes
-    if args.workers > 1 and args.broker.startswith("memory"):
-        parser.error("--workers 2 needs a shared broker: --broker redis://... or nats://...")
 
     cpus = sorted(os.sched_getaffinity(0))
-    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-", dir=os.environ.get("BENCH_DIR")) as folder:
-        data_dir = Path(folder)
-        env = {
-            "SLUICEGATE_API_KEYS": f"{KEY}:admin",
-            "SLUICEGATE_AX_PARSER_SECRET": SECRET,
-            "SLUICEGATE_RACE_IDLE_SECONDS": "3600",
-            "SLUICEGATE_RACE_CLOSE_WAIT_SECONDS": "600",
-            "SLUICEGATE_RACE_FSYNC": "false" if args.no_fsync else "true",
-            # Shared by the nodes: the database says which node holds a stream; archives in one store.
-            "SLUICEGATE_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{data_dir / 'shared.db'}",
-            "SLUICEGATE_OBJECT_STORE_URL": f"file://{data_dir / 'objects'}",
-            "SLUICEGATE_WORKERS": str(args.workers),
-            "SLUICEGATE_BROKER_URL": args.broker,
-        }
-        app = "bench.races_baseline:create_app" if args.baseline else None
-        nodes: list[Server] = []
-        try:
-            for i in range(args.nodes):
-                port = free_port()
-                node_env = {**env, "SLUICEGATE_NODE_URL": f"http://127.0.0.1:{port}"}
-                nodes.append(start_server(app, data_dir / f"node{i}", node_env, args=("--port", str(port))))
-            if args.workers > 1:  # the workers' start-up, after the supervisor's
-                time.sleep(5)
-            if len(cpus) >= 2 and args.nodes == 1 and args.workers == 1:
-                os.sched_setaffinity(nodes[0].process.pid, {cpus[0]})
-                os.sched_setaffinity(0, {cpus[1]})  # the load (wrk inherits it)
-            elif len(cpus) >= args.nodes and args.workers == 1:
-                for node, cpu in zip(nodes, cpus, strict=False):
-                    os.sched_setaffinity(node.process.pid, {cpu})
-            result = uvloop.run(_run(nodes, args))
-        finally:
-            for node in nodes:
-                node.stop()
+    with backends(args.broker, args.log, args.database_url, args.postgres) as chosen:
+        if not args.baseline and (args.nodes > 1 or args.workers > 1) and not chosen.log_is_shared:
+            parser.error("several nodes or workers need a shared log: --broker or --log redis://... or nats://...")
+        if not args.baseline and args.nodes > 1 and args.broker.startswith("memory"):
+            parser.error("several nodes need a shared broker (the processors' notices): --broker redis:// or nats://")
+        with tempfile.TemporaryDirectory(prefix="sluicegate-bench-", dir=os.environ.get("BENCH_DIR")) as folder:
+            data_dir = Path(folder)
+            env = {
+                "SLUICEGATE_API_KEYS": f"{KEY}:admin",
+                "SLUICEGATE_AX_PARSER_SECRET": SECRET,
+                "SLUICEGATE_RACE_IDLE_SECONDS": "3600",
+                "SLUICEGATE_RACE_CLOSE_WAIT_SECONDS": "600",
+                "SLUICEGATE_RACE_FSYNC": "false" if args.no_fsync else "true",
+                "SLUICEGATE_WORKERS": str(args.workers),
+                **chosen.env(data_dir),
+            }
+            app = "bench.races_baseline:create_app" if args.baseline else None
+            if args.timed and not args.baseline:
+                app = "bench.timed_app:create_app"
+            nodes = start_nodes(args.nodes, app, data_dir, env)
+            timings = None
+            try:
+                if args.workers > 1:  # the workers' start-up, after the supervisor's
+                    time.sleep(5)
+                if len(cpus) >= 2 and args.nodes == 1 and args.workers == 1:
+                    os.sched_setaffinity(nodes[0].process.pid, {cpus[0]})
+                    os.sched_setaffinity(0, {cpus[1]})  # the load (wrk inherits it)
+                elif len(cpus) >= args.nodes and args.workers == 1:
+                    for node, cpu in zip(nodes, cpus, strict=False):
+                        os.sched_setaffinity(node.process.pid, {cpu})
+                result = uvloop.run(_run(nodes, args))
+            finally:
+                stopped = stop_nodes(nodes)
+                if args.timed:
+                    timings = {f"node{i}": read_timings(data_dir / f"node{i}") for i in range(args.nodes)}
+        described = chosen.describe()
     print(
         orjson.dumps(
             {
@@ -312,6 +411,10 @@ def main() -> None:
                 "workers_per_node": args.workers,
                 "server": "bare ASGI baseline" if args.baseline else "sluicegate",
                 "fsync": not args.no_fsync and not args.baseline,
+                **({} if args.baseline else described),
+                "profiled": args.profile,
+                "nodes_stopped": stopped,
+                **({"timings": timings} if timings is not None else {}),
                 **result,
             }
         ).decode()

@@ -74,6 +74,8 @@ class Processors:
         clock: drives the ticks.
         candidates: unfinished sessions whose lease is free or expired (at most ``limit``).
         run: the processor of one session; returns once the session is finished.
+        fence: stop the processors when the leases cannot be renewed (off where no other
+            process can take them: the spool is one process's).
     """
 
     def __init__(
@@ -84,12 +86,14 @@ class Processors:
         *,
         candidates: Callable[[int], Awaitable[list[str]]],
         run: Callable[[Lease], Awaitable[None]],
+        fence: bool = True,
     ) -> None:
         self.kind = kind
         self.leases = leases
         self.clock = clock
         self.candidates = candidates
         self.run = run
+        self.fence = fence
         self.name = f"{kind}_processors"
         self.running: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
@@ -194,7 +198,7 @@ class Processors:
                 await self.clock.sleep(self.tick)
             first = False
             try:
-                async with asyncio.timeout(self.tick):  # a database that hangs is one that fails
+                async with asyncio.timeout(self.leases.seconds / 2):  # a database that hangs is one that fails
                     await self._renew()
                     await self._take()
             except asyncio.CancelledError:
@@ -217,7 +221,7 @@ class Processors:
 
     def _fence(self) -> None:
         """Stop every processor when the leases may have expired unrenewed."""
-        if self.clock.monotonic() - self._renewed_at < self.leases.seconds - self.tick:
+        if not self.fence or self.clock.monotonic() - self._renewed_at < self.leases.seconds - self.tick:
             return
         for key, task in list(self.running.items()):
             log.warning("cannot renew the lease of %s %s: stopping here until the database answers", self.kind, key)

@@ -29,6 +29,8 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
+import random
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -62,6 +64,8 @@ __all__ = ["MSG_ID", "Writer", "WrongLast", "publish", "translated"]
 
 T = TypeVar("T")
 
+_log = logging.getLogger("sluicegate.log")
+
 MSG_ID = "Nats-Msg-Id"
 #: JetStream's error code for "no message found" (as opposed to a missing stream).
 NO_MESSAGE_FOUND = 10037
@@ -69,6 +73,9 @@ NO_MESSAGE_FOUND = 10037
 PUBLISH_TRIES = 3
 #: Times a write is recomputed because other nodes keep appending to the same log.
 CHAIN_ATTEMPTS = 50
+#: Seconds of the random wait after the k-th refusal in a row (times k, up to 8): the
+#: writers of two nodes on one log otherwise refuse each other in turn.
+CONFLICT_BACKOFF_SECONDS = 0.001
 #: Logs whose last message (sequence and head) a node remembers.
 CACHE_SIZE = 10_000
 
@@ -252,15 +259,17 @@ class Writer:
             last, fresh = await self.load(log), True
         else:
             self._known.move_to_end(log)
-        for _ in range(CHAIN_ATTEMPTS):
+        for attempt in range(CHAIN_ATTEMPTS):
             try:
                 return await step(last)
             except WrongLast:
-                pass
+                if attempt:  # nodes taking turns: let the other's publish land before trying again
+                    await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_SECONDS * min(attempt, 8)))  # noqa: S311
             except LogClosed:
                 if fresh:
                     raise
             last, fresh = await self.load(log), True  # refuse only on what the stream says
+        _log.warning("gave up appending to the log %s after %d tries: other nodes kept appending", log, CHAIN_ATTEMPTS)
         raise LogUnavailable(f"too many nodes are writing to the log {log} at once; try again")
 
     # -- the queue ---------------------------------------------------------------------------------

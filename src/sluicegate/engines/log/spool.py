@@ -16,9 +16,11 @@ Layout under the folder (``<data dir>/log``; folders 0o700, files 0o600)::
 
 A log's counters and state are its last segment's name plus what its frames add, so a
 restart knows them even when every entry was trimmed. A new segment begins past
-``segment_bytes`` (64 MiB), and when a trim covers everything written (the old segments
-are then deleted whole); a trim inside a segment is only recorded in ``trim``: data is
-never rewritten. The seal's mark is never trimmed. A position is ``<seq>:<offset>:<index>``:
+``segment_bytes`` (64 MiB), and when a trim covers everything written and the last
+segment holds 8 MiB or more (the old segments are then deleted whole); any other trim
+is only recorded in ``trim``: data is never rewritten. The trim file is written outside
+the lock that appends wait for, and trims that come while one is being written are
+written together. The seal's mark is never trimmed. A position is ``<seq>:<offset>:<index>``:
 the segment, the byte after the entry, and the index after its records. A log is loaded
 on first use: the frames of its last segment are decoded and a torn tail (a crash
 mid-write) is cut off.
@@ -31,7 +33,7 @@ off it survives the death of the process, not of the machine.
 
 Group commit: appends to a log queue in a batch while the previous write is in flight
 (in a worker thread), and one task per log writes each batch whole, like the spool of
-:mod:`sluicegate.engines.spool` it replaces. Consecutive appends with the same ``meta``
+the spool of earlier versions. Consecutive appends with the same ``meta``
 share one entry. A write that fails (a full disk, an I/O error) is cut back to where it
 began, every append of its batch raises :class:`LogError`, and the next append tries again.
 
@@ -80,6 +82,9 @@ __all__ = ["MAX_APPEND", "SEGMENT_BYTES", "SpoolLog"]
 
 #: Where a new segment begins.
 SEGMENT_BYTES = 64 << 20
+#: A trim of everything starts a new segment (to give the disk back) once the last one
+#: holds this much; below it, the trimmed bytes stay until the segment fills.
+ROLL_TRIMMED_BYTES = 8 << 20
 #: The largest append.
 MAX_APPEND = 64 << 20
 #: Logs that keep a file open for appends (the least recently written idle ones close).
@@ -107,12 +112,20 @@ class SpoolLog:
             any other log is forced.
         clock: timestamps of appends.
         segment_bytes: where a new segment begins.
+        roll_trimmed: how full the last segment must be for a trim of everything to start
+            a new one (and delete it).
     """
 
     name = "log"
 
     def __init__(
-        self, folder: Path, *, fsync: bool | Mapping[str, bool], clock: Clock, segment_bytes: int = SEGMENT_BYTES
+        self,
+        folder: Path,
+        *,
+        fsync: bool | Mapping[str, bool],
+        clock: Clock,
+        segment_bytes: int = SEGMENT_BYTES,
+        roll_trimmed: int = ROLL_TRIMMED_BYTES,
     ) -> None:
         self._folder = folder
         self._root = folder / "logs"
@@ -120,6 +133,7 @@ class SpoolLog:
         self._fsync = fsync if isinstance(fsync, bool) else dict(fsync)
         self._clock = clock
         self._segment_bytes = segment_bytes
+        self._roll_trimmed = min(roll_trimmed, segment_bytes)
         self._lock_fd: int | None = None
         self._id = ""
         self._logs: dict[str, Log] = {}
@@ -323,7 +337,7 @@ class SpoolLog:
         """
         point = files.Point.parse(position)
         entry = await self._get(log)
-        async with entry.lock:
+        async with entry.lock:  # held briefly: appends wait for it
             if entry.deleted:
                 raise LogNotFound(f"no log named {log}")
             if entry.seal_at is not None and point[:2] > entry.seal_at[:2]:
@@ -334,15 +348,34 @@ class SpoolLog:
             if point.seq > active.seq or (point.seq == active.seq and point.offset > entry.size):
                 raise ValueError(f"{position!r} is not a position of the log {log}")
             try:
-                if point.seq == active.seq and point.offset == entry.size:
-                    await self._roll(entry)  # everything: a new segment keeps the counters
+                if point.seq == active.seq and point.offset == entry.size and entry.size >= self._roll_trimmed:
+                    await self._roll(entry)  # everything, and much of it: a new segment keeps the counters
                     point = files.Point(entry.segments[-1].seq, 0, entry.total)
-                dropped = [s for s in entry.segments if s.seq < point.seq]
-                await asyncio.to_thread(files.write_trim, entry.path, point, dropped, entry.fsync)
             except OSError as exc:
                 raise _error(f"cannot trim the log {log}", exc) from exc
-            entry.trim = point
+            entry.trim = point  # readers skip what is before it from now on
+            entry.dropped.extend(s for s in entry.segments if s.seq < point.seq)
             entry.segments = [s for s in entry.segments if s.seq >= point.seq]
+        await self._persist_trim(entry)
+
+    async def _persist_trim(self, entry: Log) -> None:
+        """Write the log's trim point and delete the segments before it, outside the lock that
+        appends need; trims that arrive meanwhile are written together, the latest point once.
+
+        Raises:
+            LogError: the files could not be changed.
+        """
+        async with entry.trim_lock:
+            point = entry.trim
+            if point[:2] <= entry.trim_written[:2] or entry.deleted:
+                return  # a trim that came later wrote this one too
+            dropped, entry.dropped = entry.dropped, []
+            try:
+                await asyncio.to_thread(files.write_trim, entry.path, point, dropped, entry.fsync)
+            except OSError as exc:
+                entry.dropped.extend(dropped)
+                raise _error(f"cannot trim the log {entry.name}", exc) from exc
+            entry.trim_written = point
 
     async def delete(self, log: str) -> None:
         """Remove the log's folder; its followers raise :class:`LogNotFound`.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sluicegate.engines.log import LogEntry, LogError, LogHead, LogNotFound, LogState, LogUnavailable
 from sluicegate.engines.log.frames import entry_header, mark_frame
-from sluicegate.engines.log.spool_files import Point
+from sluicegate.engines.log.spool_files import Point, Segment
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -150,6 +150,11 @@ class Log:
         #: Bytes of the last segment written so far (appends go there).
         self.size = loaded.size
         self.trim = loaded.trim
+        #: The trim point on disk; segments wholly before ``trim`` not deleted yet; the
+        #: lock of the trim file's writer (not the files' lock: appends go on meanwhile).
+        self.trim_written = loaded.trim
+        self.dropped: list[Segment] = []
+        self.trim_lock = asyncio.Lock()
         self.total = loaded.total
         self.bytes = loaded.bytes
         self.appended_ms = loaded.appended_ms

@@ -10,7 +10,8 @@ to ``ingest/t<tenant>/<session>/<seq:06d>.jsonl.zst`` (the same bytes whoever wr
 it), and its row marked ``processed``, in one transaction with a look at the session:
 a cancelled session's batch is not counted (its segment stays, unreferenced).
 
-Rows of batches that finish together share one transaction (a group commit).
+Rows written at the same time (cuts and stored batches, of every session this process
+works on) share one transaction (a group commit).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from sluicegate.services.ingest.atoms import line_digests
 from sluicegate.services.ingest.models import BatchRow, BatchState, IngestSessionRow, SessionState
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy import Table
 
     from sluicegate.clock import Clock
@@ -71,6 +74,52 @@ def atomize(data: bytes, level: int = 3) -> tuple[str, bytes]:
     return digest, zstandard.ZstdCompressor(level=level).compress(data)
 
 
+class _Op:
+    """A row write waiting for the next transaction."""
+
+    session: SessionRef
+    future: asyncio.Future[None]
+
+    def succeed(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _Cut(_Op):
+    def __init__(self, session: SessionRef, cut: Cut) -> None:
+        self.session, self.cut = session, cut
+        self.future = asyncio.get_running_loop().create_future()
+
+    def row(self, now: datetime) -> BatchRow:
+        cut = self.cut
+        return BatchRow(
+            batch_id=batch_id(self.session.id, cut.seq),
+            session_id=self.session.id,
+            tenant=self.session.tenant,
+            seq=cut.seq,
+            first_index=cut.first,
+            record_count=cut.count,
+            state=BatchState.QUEUED.value,
+            attempts=0,
+            min_ts=cut.min_ts,
+            max_ts=cut.max_ts,
+            created_at=now,
+        )
+
+
+class _Done(_Op):
+    def __init__(self, session: SessionRef, seq: int, values: dict[str, Any]) -> None:
+        self.session, self.seq, self.values = session, seq, values
+        self.future = asyncio.get_running_loop().create_future()
+
+    def params(self) -> dict[str, Any]:
+        return {"s": self.session.id, "q": self.seq, **{f"v_{k}": v for k, v in self.values.items()}}
+
+
 class Archiver:
     """Writes batch rows and segments.
 
@@ -84,39 +133,17 @@ class Archiver:
         self.store = store
         self.objects = objects
         self.clock = clock
-        self._done: list[tuple[SessionRef, int, dict[str, Any], asyncio.Future[None]]] = []
+        self._ops: list[_Cut | _Done] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def cut(self, session: SessionRef, cuts: list[Cut]) -> None:
-        """Record new batches (one transaction).
+    async def cut(self, session: SessionRef, cut: Cut) -> None:
+        """Record a new batch (in a transaction shared with the other rows written meanwhile).
 
         Raises:
             SessionMoved: a batch of that number exists (another processor cut it).
             StoreUnavailable: the database failed.
         """
-        now = self.clock.now()
-        try:
-            async with self.store.session() as db:
-                db.add_all(
-                    [
-                        BatchRow(
-                            batch_id=batch_id(session.id, cut.seq),
-                            session_id=session.id,
-                            tenant=session.tenant,
-                            seq=cut.seq,
-                            first_index=cut.first,
-                            record_count=cut.count,
-                            state=BatchState.QUEUED.value,
-                            attempts=0,
-                            min_ts=cut.min_ts,
-                            max_ts=cut.max_ts,
-                            created_at=now,
-                        )
-                        for cut in cuts
-                    ]
-                )
-        except StoreConflict:
-            raise SessionMoved(session.id) from None
+        await self._queue(_Cut(session, cut))
 
     async def write(self, session: SessionRef, cut: Cut) -> float:
         """Atomize, write and record one batch.
@@ -141,64 +168,80 @@ class Archiver:
             "finished_at": self.clock.now(),
             "last_error": None,
         }
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._done.append((session, cut.seq, values, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_done())
-        await future
+        await self._queue(_Done(session, cut.seq, values))
         return elapsed_ms
 
-    async def _write_done(self) -> None:
-        """Mark stored batches processed, those of every session at once, in one transaction."""
+    async def _queue(self, op: _Cut | _Done) -> None:
+        self._ops.append(op)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        await op.future
+
+    async def _write(self) -> None:
+        """Write the rows queued meanwhile, those of every session, in one transaction (a
+        group commit); when a cut is refused, each row again on its own, to tell which."""
         try:
-            while self._done:
-                pending, self._done = self._done, []
-                sessions = {ref.id for ref, *_ in pending}
+            while self._ops:
+                pending, self._ops = self._ops, []
                 try:
-                    async with self.store.session() as db:
-                        # Updating the session rows first locks them (PostgreSQL), so a cancel
-                        # waits for this transaction, or this one sees the cancel.
-                        alive = set(
-                            (
-                                await db.execute(
-                                    update(IngestSessionRow)
-                                    .where(
-                                        IngestSessionRow.id.in_(sessions),
-                                        IngestSessionRow.state != SessionState.CANCELLED.value,
-                                    )
-                                    .values(last_activity_at=self.clock.now())
-                                    .returning(IngestSessionRow.id)
-                                )
-                            )
-                            .scalars()
-                            .all()
-                        )
-                        rows = [
-                            {"s": ref.id, "q": seq, **{f"v_{k}": v for k, v in values.items()}}
-                            for ref, seq, values, _ in pending
-                            if ref.id in alive
-                        ]
-                        if rows:
-                            table = cast("Table", BatchRow.__table__)
-                            await db.execute(
-                                table.update()
-                                .where(table.c.session_id == bindparam("s"), table.c.seq == bindparam("q"))
-                                .values({name: bindparam(f"v_{name}") for name in pending[0][2]}),
-                                rows,
-                            )
+                    await self._commit(pending)
+                except StoreConflict:
+                    for op in pending:
+                        try:
+                            await self._commit([op])
+                        except StoreConflict:
+                            op.fail(SessionMoved(op.session.id))
+                        except Exception as exc:
+                            op.fail(exc)
                 except Exception as exc:
-                    for *_, future in pending:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for ref, _, _, future in pending:
-                    if not future.done():
-                        if ref.id in alive:
-                            future.set_result(None)
-                        else:
-                            future.set_exception(SessionCancelled(ref.id))
+                    for op in pending:
+                        op.fail(exc)
         finally:
             self._writer = None
+
+    async def _commit(self, ops: list[_Cut | _Done]) -> None:
+        cuts = [op for op in ops if isinstance(op, _Cut)]
+        done = [op for op in ops if isinstance(op, _Done)]
+        now = self.clock.now()
+        alive: set[str] = set()
+        async with self.store.session() as db:
+            if cuts:
+                db.add_all([op.row(now) for op in cuts])
+                await db.flush()
+            if done:
+                # Updating the session rows first locks them (PostgreSQL), so a cancel waits
+                # for this transaction, or this one sees the cancel.
+                alive = set(
+                    (
+                        await db.execute(
+                            update(IngestSessionRow)
+                            .where(
+                                IngestSessionRow.id.in_({op.session.id for op in done}),
+                                IngestSessionRow.state != SessionState.CANCELLED.value,
+                            )
+                            .values(last_activity_at=now)
+                            .returning(IngestSessionRow.id)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                rows = [op.params() for op in done if op.session.id in alive]
+                if rows:
+                    table = cast("Table", BatchRow.__table__)
+                    await db.execute(
+                        table.update()
+                        .where(table.c.session_id == bindparam("s"), table.c.seq == bindparam("q"))
+                        .values({name: bindparam(f"v_{name}") for name in done[0].values}),
+                        rows,
+                    )
+        for cut in cuts:
+            cut.succeed()
+        for stored in done:
+            if stored.session.id in alive:
+                stored.succeed()
+            else:
+                stored.fail(SessionCancelled(stored.session.id))
 
     async def mark(self, session: SessionRef, seq: int, state: BatchState, **values: Any) -> None:
         """Set a batch's state (dead, queued again), best effort: the database may be what failed."""

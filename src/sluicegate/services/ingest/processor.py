@@ -196,8 +196,6 @@ class IngestProcessor:
         if isinstance(cuts, Cut):
             cuts = [cuts]
         fresh = [c for c in cuts if c.seq >= self._first_new_seq]
-        if fresh:
-            await self.service.archiver.cut(self.ref, fresh)
         for cut in cuts:
             dead = self._known_dead.pop(cut.seq, None)
             batch = _Batch(cut)
@@ -205,7 +203,7 @@ class IngestProcessor:
             if dead is not None:  # in the dead-letter queue: kept until retried by hand
                 batch.state, batch.attempts, batch.last_error = BatchState.DEAD, dead.attempts, dead.last_error
                 continue
-            batch.task = asyncio.create_task(self._store(batch, announce=cut in fresh))
+            batch.task = asyncio.create_task(self._store(batch, new=cut in fresh))
 
     async def _delay(self) -> None:
         """Wake the loop ``maxBatchDelayMs`` after the first open record was appended."""
@@ -222,11 +220,17 @@ class IngestProcessor:
 
     # -- storing -----------------------------------------------------------------------------
 
-    async def _store(self, batch: _Batch, *, announce: bool) -> None:
+    async def _store(self, batch: _Batch, *, new: bool) -> None:
+        """Store a batch (cut here first, when ``new``), retrying; then tell the loop."""
         service = self.service
         cut = batch.cut
         name = batch_id(self.ref.id, cut.seq)
-        if announce:
+        if new:
+            try:
+                await service.archiver.cut(self.ref, cut)  # its records are fixed before anything is stored
+            except Exception as exc:  # another processor cut it (SessionMoved), or the database failed
+                await self._queue.put(exc)
+                return
             await service.emit(self.ref, "batch-received", batchId=name, recordCount=cut.count)
         delay = int(self.config.get("retryDelayMs", 1000)) / 1000
         multiplier = float(self.config.get("retryBackoffMultiplier", 2.0))
@@ -346,7 +350,7 @@ class IngestProcessor:
         for seq in sorted(queued):
             batch = self.batches[seq]
             batch.state, batch.attempts = BatchState.QUEUED, 0
-            batch.task = asyncio.create_task(self._store(batch, announce=False))
+            batch.task = asyncio.create_task(self._store(batch, new=False))
 
     # -- the end -------------------------------------------------------------------------------
 

@@ -174,7 +174,9 @@ class IngestService:
         self.clock = clock
         self.config = config
         self.archiver = Archiver(store, objects, clock)
-        self.processors = Processors("ingest", leases, clock, candidates=self._candidates, run=self._process)
+        self.processors = Processors(
+            "ingest", leases, clock, candidates=self._candidates, run=self._process, fence=session_log.shared
+        )
         self.processing: dict[str, IngestProcessor] = {}  # the processors running here
         self._info: dict[str, SessionInfo] = {}
         self.uploads = Uploads(self)

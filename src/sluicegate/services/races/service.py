@@ -121,7 +121,9 @@ class RaceService:
         self.config = config
         self.metrics = metrics
         self.leases = leases
-        self.processors = Processors("races", leases, clock, candidates=self._candidates, run=self._process)
+        self.processors = Processors(
+            "races", leases, clock, candidates=self._candidates, run=self._process, fence=session_log.shared
+        )
         self.buffered: dict[str, int] = {}  # points waiting for an archive, by session processed here
         self._streams: dict[str, str] = {}  # stream -> its open session (this node's memory of the database)
 
