@@ -60,11 +60,12 @@ from nats.js import api
 
 from sluicegate.engines.broker import BrokerMessage, ChannelStats, Gap, History
 from sluicegate.engines.broker.fanout import ChannelReader, FanoutSubscription, ReaderPool
+from sluicegate.engines.locks import NameLocks
 from sluicegate.engines.nats_connect import connect
 from sluicegate.errors import APIError, ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
@@ -286,7 +287,7 @@ class JetStreamBroker:
         self._readers = ReaderPool(lambda channel, on_idle: _Reader(self, channel, on_idle))
         self._last_seq: dict[str, int] = {}  # channel -> its last sequence, as this node last saw it
         self._purged: dict[str, int] = {}  # subject -> sequence up to which it was purged
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._locks = NameLocks()  # one publish at a time per channel on this node: they would only race
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- plumbing used by the readers ------------------------------------------------------
@@ -465,24 +466,11 @@ class JetStreamBroker:
 
     # -- the Broker protocol -------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _publishing(self, channel: str) -> AsyncIterator[None]:
-        """One publish at a time per channel on this node: they would only race each other."""
-        lock, users = self._locks.get(channel) or self._locks.setdefault(channel, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[channel]
-
     async def publish(self, channel: str, data: bytes) -> str:
         subject = self.subject(channel)
         published_at = repr(self._clock.now().timestamp())
         with _translated():
-            async with self._publishing(channel):
+            async with self._locks.hold(channel):
                 prev = self._last_seq.get(channel)
                 if prev is None:
                     last = await self.last_entry(subject)

@@ -55,6 +55,7 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
+from sluicegate.engines.locks import NameLocks
 from sluicegate.engines.log import (
     Appended,
     LogClosed,
@@ -69,7 +70,7 @@ from sluicegate.engines.log import (
 from sluicegate.engines.log import spool_files as files
 from sluicegate.engines.log.frames import check_meta
 from sluicegate.engines.log.spool_read import scan
-from sluicegate.engines.log.spool_state import Batch, Follower, Group, Log, NameLocks, OpenFiles
+from sluicegate.engines.log.spool_state import Batch, Follower, Group, Log, OpenFiles
 from sluicegate.errors import ConfigurationError
 
 if TYPE_CHECKING:

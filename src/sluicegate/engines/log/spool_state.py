@@ -7,7 +7,6 @@ into it only when a log is first used (:func:`.spool_files.load`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 from collections import OrderedDict
@@ -18,12 +17,12 @@ from sluicegate.engines.log.frames import entry_header, mark_frame
 from sluicegate.engines.log.spool_files import Point, Segment
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
     from pathlib import Path
 
     from sluicegate.engines.log.spool_files import Loaded
 
-__all__ = ["Batch", "Follower", "Group", "Log", "NameLocks", "OpenFiles"]
+__all__ = ["Batch", "Follower", "Group", "Log", "OpenFiles"]
 
 #: Bytes of records a follower may have waiting in memory; past it, it drops them and
 #: reads the files again from where it is (a slow follower never grows memory).
@@ -236,27 +235,6 @@ class Log:
         if self.ended is LogNotFound:
             return LogNotFound(f"no log named {self.name}")
         return LogUnavailable("the spool was closed")
-
-
-class NameLocks:
-    """One lock per log name, held while a log is loaded, created or deleted; a name's lock
-    is forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[None]:
-        """Hold the lock of ``name``."""
-        lock, users = self._locks.get(name) or self._locks.setdefault(name, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[name]
 
 
 class OpenFiles:
