@@ -616,6 +616,31 @@ async def test_the_tenant_rate_limit_answers_the_seeds_429(serve: Callable[..., 
 # -- 7. lifecycle --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"timeoutMs": -1}', "timeoutMs"),
+        (b'{"waitForCompletion": "soon"}', "waitForCompletion"),
+        (b"null", None),
+        (b"[1, 2]", None),
+        (b'{"timeoutMs": ', None),
+        (b"\xff\xfe", None),
+    ],
+)
+async def test_a_bad_end_body_is_a_400_naming_the_problem_and_the_session_goes_on(
+    server: Server, body: bytes, field: str | None
+) -> None:
+    async with client_for(server, 1) as client:
+        started = (await client.post(f"{API}/sessions/start", json={"sessionType": "telemetry"})).json()
+        response = await client.post(f"{API}/sessions/{started['sessionId']}/end", content=body)
+        assert response.status_code == 400, response.text
+        answer = response.json()
+        assert answer["code"] == "invalid_argument" and answer["error"] == "Invalid end request"
+        if field is not None:
+            assert [f["field"] for f in answer["fields"]] == [field]
+        assert (await status(client, started["sessionId"]))["status"] == "active"  # nothing happened to it
+
+
 async def test_pause_resume_end_and_what_each_state_refuses(server: Server) -> None:
     async with client_for(server, 9) as client:
         session = await start(client, batchSize=2)
