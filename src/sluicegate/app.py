@@ -32,16 +32,22 @@ from sluicegate.engines.store.leases import Leases
 from sluicegate.errors import APIError, ErrCode, invalid_fields
 from sluicegate.observability.metrics import Metrics, MetricsMiddleware
 from sluicegate.observability.streams import StreamTelemetry
+from sluicegate.providers.embeddings import embedder_from_settings
 from sluicegate.providers.llm import registry_from_settings
+from sluicegate.providers.tts import synthesizer_from_settings
 from sluicegate.responses import json_response
 from sluicegate.security import routes as auth_routes
 from sluicegate.security.identity import ApiKeyStore, GatewayAuthenticator, TokenService, load_or_create_secret
 from sluicegate.security.ratelimit import RateLimitEngine, RateLimiter
 from sluicegate.services.challenges import ChallengeService
 from sluicegate.services.channels import ChannelService
+from sluicegate.services.chat import ChatRoutes, ChatService
+from sluicegate.services.context import ContextRoutes, ContextService
 from sluicegate.services.generate import GenerateRoutes, GenerateService
 from sluicegate.services.ingest import IngestConfig, IngestRoutes, IngestService
 from sluicegate.services.races import RaceConfig, RaceRoutes, RaceService
+from sluicegate.services.search import SearchRoutes, SearchService
+from sluicegate.services.troika import TroikaRoutes, TroikaService
 from sluicegate.settings import Settings
 from sluicegate.streaming.config import StreamConfig
 from sluicegate.streaming.openapi import add_stream_paths
@@ -56,6 +62,8 @@ if TYPE_CHECKING:
 
     from sluicegate.engines import Engine
     from sluicegate.engines.log import SessionLog
+    from sluicegate.providers.embeddings import Embedder
+    from sluicegate.providers.tts import SpeechSynthesizer
     from sluicegate.security.auth import Authenticator
     from sluicegate.streaming.endpoints import StreamEndpoint, StreamRouter
 
@@ -231,6 +239,26 @@ def _mount_streams(app: FastAPI, routers: Sequence[StreamRouter], config: Stream
     return endpoints
 
 
+class ModelEngine:
+    """A model provider (embeddings, speech) as an engine: loaded on first use, so start-up
+    stays fast; ready when it can be used (its package is installed); closed at shutdown."""
+
+    def __init__(self, name: str, provider: Embedder | SpeechSynthesizer) -> None:
+        self.name = name
+        self.provider = provider
+
+    async def open(self) -> None:
+        """Nothing: the model loads on its first request."""
+
+    async def close(self) -> None:
+        await self.provider.close()
+
+    async def check(self) -> None:
+        reason = self.provider.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+
+
 def _health_router(engines: list[Engine], metrics: Metrics) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -349,11 +377,54 @@ def create_app(
         max_prompt_chars=settings.llm_max_prompt_chars,
         max_output_tokens=settings.llm_max_output_tokens,
     )
+    # The fourth seed: search, context, chat and the sales agent, on one embedding model.
+    embedder = embedder_from_settings(settings)
+    synthesizer = synthesizer_from_settings(settings)
+    search = SearchService(
+        store,
+        embedder,
+        clock=clock,
+        max_limit=settings.search_max_limit,
+        exact_vectors=settings.search_exact_vectors,
+        aza_min_score=settings.aza_min_score,
+    )
+    context = ContextService(
+        store,
+        embedder,
+        clock=clock,
+        max_file_bytes=settings.context_max_file_bytes,
+        chunk_tokens=settings.context_chunk_tokens,
+        chunk_overlap=settings.context_chunk_overlap,
+    )
+    chat = ChatService(
+        store,
+        llm,
+        embedder,
+        context,
+        synthesizer,
+        clock=clock,
+        memory_turns=settings.chat_memory_turns,
+        context_chunks=settings.chat_context_chunks,
+        max_output_tokens=settings.chat_max_output_tokens,
+        model=settings.chat_model,
+    )
+    troika = TroikaService(chat, search, embedder, clock=clock)
     # Opened in this order, closed in reverse: services after the engines they use.
     limiter = RateLimiter.from_settings(settings, on_reject=lambda group: metrics.rate_limited.labels(group).inc())
     if not settings.broker_url.startswith("memory") and not limiter.shared:
         log.warning("rate limits are counted by each node alone: set SLUICEGATE_REDIS_URL so that nodes share them")
-    engines: list[Engine] = [store, broker, RateLimitEngine(limiter), objects, session_log, races, ingest, llm]
+    engines: list[Engine] = [
+        store,
+        broker,
+        RateLimitEngine(limiter),
+        objects,
+        session_log,
+        races,
+        ingest,
+        llm,
+        ModelEngine("embeddings", embedder),
+        ModelEngine("speech", synthesizer),
+    ]
     tokens = TokenService(secret, clock=clock)
     gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
     stream_config = StreamConfig(
@@ -411,6 +482,10 @@ def create_app(
     app.state.races = races
     app.state.ingest = ingest
     app.state.llm = llm
+    app.state.embedder = embedder
+    app.state.search = search
+    app.state.context = context
+    app.state.chat = chat
     app.add_exception_handler(APIError, _api_error_handler)
     for engine_error in ENGINE_ERRORS:
         app.add_exception_handler(engine_error, _engine_error_handler)
@@ -429,6 +504,13 @@ def create_app(
         generate, limiter=limiter, clock=clock, heartbeat=settings.sse_heartbeat_seconds or None
     )
     app.include_router(generate_routes.router)
+    heartbeat = settings.sse_heartbeat_seconds or None
+    app.include_router(
+        SearchRoutes(search, clock=clock, heartbeat=heartbeat, max_import_bytes=settings.search_max_import_bytes).router
+    )
+    app.include_router(ContextRoutes(context, clock=clock, heartbeat=heartbeat).router)
+    app.include_router(ChatRoutes(chat, clock=clock, heartbeat=heartbeat).router)
+    app.include_router(TroikaRoutes(troika, clock=clock, heartbeat=heartbeat).router)
     app.add_hot_route(race_routes.ingest)
     for router in routers:
         app.include_router(router)

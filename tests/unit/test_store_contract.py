@@ -31,6 +31,7 @@ from sluicegate.engines.store.migrate import (
     TABLE_MODULES,
     alembic_config,
     current_revision,
+    include_object,
     target_metadata,
 )
 from sluicegate.errors import ConfigurationError, ErrCode
@@ -70,11 +71,14 @@ async def on(url: str, work: Callable[[Connection], Any]) -> Any:
 
 
 def tables(connection: Connection) -> set[str]:
-    return set(inspect(connection).get_table_names())
+    """The tables of the models (and Alembic's): the databases' own full-text index tables left out."""
+    return {name for name in inspect(connection).get_table_names() if include_object(None, name, "table", True, None)}
 
 
 def schema_diff(connection: Connection) -> list[Any]:
-    return list(compare_metadata(MigrationContext.configure(connection), METADATA))
+    return list(
+        compare_metadata(MigrationContext.configure(connection, opts={"include_object": include_object}), METADATA)
+    )
 
 
 @pytest.fixture

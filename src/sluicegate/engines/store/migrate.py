@@ -70,14 +70,28 @@ BASELINE_TABLES = frozenset(
 TABLE_MODULES = (
     "sluicegate.engines.store.leases",
     "sluicegate.services.challenges",
+    "sluicegate.services.chat.tables",
+    "sluicegate.services.context.tables",
     "sluicegate.services.ingest.models",
     "sluicegate.services.races.models",
+    "sluicegate.services.retrieval.versions",
+    "sluicegate.services.search.tables",
 )
 
 #: The PostgreSQL advisory lock held while migrating: "sluicega" as a big-endian int64.
 LOCK_KEY = int.from_bytes(b"sluicega", "big")
 
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+#: Schema objects the migrations make that are not in the models: the databases' own
+#: full-text indexes over ``products.search_text`` (FTS5 on SQLite, a tsvector on PostgreSQL).
+UNMODELLED = frozenset({"products_fts", "search_tsv", "ix_products_search_tsv"})
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Autogenerate's filter: leave :data:`UNMODELLED` objects (and FTS5's shadow tables) alone."""
+    return not (name in UNMODELLED or (type_ == "table" and name is not None and name.startswith("products_fts")))
 
 
 def target_metadata() -> MetaData:

@@ -24,7 +24,7 @@ from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sluicegate.engines.store import UTCDateTime
-from sluicegate.engines.store.migrate import target_metadata
+from sluicegate.engines.store.migrate import include_object, target_metadata
 
 if TYPE_CHECKING:
     from alembic.autogenerate.api import AutogenContext
@@ -47,6 +47,7 @@ def run(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         render_item=render_item,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,187 @@
+"""An in-memory vector index over unit vectors: exact in numpy, HNSW (usearch) when large.
+
+Up to ``exact_limit`` live vectors a search is one matrix-vector product, exact, a few
+milliseconds at 20,000 vectors of 384 dimensions. Beyond it the index also keeps a usearch
+HNSW graph (cosine, ``connectivity`` 16, ``expansion_search`` 64) and answers from it,
+over-fetching when a filter applies and falling back to an exact search over the allowed
+rows when the graph's candidates do not fill the answer. Scores are cosines either way.
+
+Keys are integers (the rows' primary keys). Each key has a *slot*, a row of the dense
+matrix; callers keep per-slot metadata (for filters) in arrays indexed the same way and
+pass a boolean ``allowed`` mask over slots to :meth:`VectorIndex.search`.
+
+Not thread-safe: the owner serialises writes against searches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+__all__ = ["EXACT_LIMIT", "VectorIndex"]
+
+#: Live vectors up to which searches are exact (no HNSW graph is built).
+EXACT_LIMIT = 20_000
+
+
+class VectorIndex:
+    """Unit vectors by integer key.
+
+    Args:
+        dimensions: length of each vector.
+        exact_limit: live vectors up to which no HNSW graph is kept.
+    """
+
+    def __init__(self, dimensions: int, *, exact_limit: int = EXACT_LIMIT) -> None:
+        self.dimensions = dimensions
+        self.exact_limit = exact_limit
+        self._vectors: npt.NDArray[np.float32] = np.zeros((0, dimensions), dtype=np.float32)
+        self._keys: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._alive: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self._slots: dict[int, int] = {}
+        self._used = 0
+        self._graph: Any = None
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @property
+    def slots(self) -> int:
+        """Slots in use, live or freed: the length per-slot metadata arrays need."""
+        return self._used
+
+    @property
+    def uses_graph(self) -> bool:
+        """Whether searches go through the HNSW graph."""
+        return self._graph is not None
+
+    def slot_of(self, key: int) -> int | None:
+        """The slot of a live key, or ``None``."""
+        return self._slots.get(key)
+
+    def key_at(self, slot: int) -> int:
+        """The key stored in ``slot``."""
+        return int(self._keys[slot])
+
+    def live_mask(self) -> npt.NDArray[np.bool_]:
+        """Which slots hold a live vector (a copy)."""
+        return self._alive[: self._used].copy()
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self._keys)
+        if needed <= capacity:
+            return
+        new = max(needed, capacity * 2, 1024)
+        vectors = np.zeros((new, self.dimensions), dtype=np.float32)
+        vectors[: self._used] = self._vectors[: self._used]
+        keys = np.zeros(new, dtype=np.int64)
+        keys[: self._used] = self._keys[: self._used]
+        alive = np.zeros(new, dtype=bool)
+        alive[: self._used] = self._alive[: self._used]
+        self._vectors, self._keys, self._alive = vectors, keys, alive
+
+    def upsert(self, keys: npt.ArrayLike, vectors: npt.ArrayLike) -> list[int]:
+        """Add or replace vectors; returns each key's slot (a replaced key keeps its slot)."""
+        key_array = np.asarray(keys, dtype=np.int64)
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(len(key_array), self.dimensions)
+        slots: list[int] = []
+        fresh = sum(1 for key in key_array.tolist() if key not in self._slots)
+        self._grow(self._used + fresh)
+        for key, vector in zip(key_array.tolist(), matrix, strict=True):
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._used
+                self._used += 1
+                self._slots[key] = slot
+                self._keys[slot] = key
+                self._alive[slot] = True
+            self._vectors[slot] = vector
+            slots.append(slot)
+        if self._graph is not None:
+            self._graph_remove(key_array)
+            self._graph.add(key_array, matrix)
+        elif len(self._slots) > self.exact_limit:
+            self._build_graph()
+        return slots
+
+    def remove(self, keys: npt.ArrayLike) -> None:
+        """Forget vectors (unknown keys are ignored); their slots are not reused."""
+        key_array = np.asarray(keys, dtype=np.int64)
+        gone = []
+        for key in key_array.tolist():
+            slot = self._slots.pop(key, None)
+            if slot is not None:
+                self._alive[slot] = False
+                gone.append(key)
+        if self._graph is not None and gone:
+            self._graph_remove(np.asarray(gone, dtype=np.int64))
+
+    def _graph_remove(self, keys: npt.NDArray[np.int64]) -> None:
+        present = [key for key in keys.tolist() if self._graph.contains(key)]
+        if present:
+            self._graph.remove(np.asarray(present, dtype=np.int64))
+
+    def _build_graph(self) -> None:
+        from usearch.index import Index
+
+        graph = Index(ndim=self.dimensions, metric="cos", dtype="f32", connectivity=16, expansion_search=64)
+        live = np.flatnonzero(self._alive[: self._used])
+        if len(live):
+            graph.add(self._keys[live], self._vectors[live])
+        self._graph = graph
+
+    def search(
+        self, query: npt.ArrayLike, k: int, *, allowed: npt.NDArray[np.bool_] | None = None
+    ) -> list[tuple[int, float]]:
+        """The ``k`` nearest live keys to ``query`` (a unit vector), best first, with their cosines.
+
+        Args:
+            query: the query vector.
+            k: how many to return at most.
+            allowed: a mask over slots; only slots that are ``True`` (and live) are returned.
+        """
+        if k <= 0 or not self._slots:
+            return []
+        vector = np.asarray(query, dtype=np.float32).reshape(self.dimensions)
+        mask = self._alive[: self._used]
+        if allowed is not None:
+            mask = mask & allowed[: self._used]
+        if self._graph is not None:
+            found = self._graph_search(vector, k, mask, filtered=allowed is not None)
+            if found is not None:
+                return found
+        return self._exact(vector, k, mask)
+
+    def _exact(self, vector: npt.NDArray[np.float32], k: int, mask: npt.NDArray[np.bool_]) -> list[tuple[int, float]]:
+        candidates = np.flatnonzero(mask)
+        if not len(candidates):
+            return []
+        if len(candidates) == self._used:
+            scores = self._vectors[: self._used] @ vector
+        else:
+            scores = self._vectors[candidates] @ vector
+        top = min(k, len(candidates))
+        best = np.argpartition(-scores, top - 1)[:top] if top < len(candidates) else np.arange(len(candidates))
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(int(self._keys[candidates[i]]), float(scores[i])) for i in best]
+
+    def _graph_search(
+        self, vector: npt.NDArray[np.float32], k: int, mask: npt.NDArray[np.bool_], *, filtered: bool
+    ) -> list[tuple[int, float]] | None:
+        allowed_count = int(mask.sum())
+        if filtered and allowed_count < 4 * k * 16:
+            return None  # few enough rows pass the filter: exact over them is cheaper and complete
+        fetch = min(len(self._slots), k * 4 if filtered else k)
+        matches = self._graph.search(vector, fetch)
+        out: list[tuple[int, float]] = []
+        for key, distance in zip(matches.keys.tolist(), matches.distances.tolist(), strict=True):
+            slot = self._slots.get(int(key))
+            if slot is not None and mask[slot]:
+                out.append((int(key), 1.0 - float(distance)))
+                if len(out) == k:
+                    return out
+        return out if len(out) >= min(k, allowed_count) else None
