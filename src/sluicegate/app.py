@@ -29,7 +29,7 @@ from sluicegate.engines.log import default_log_url, log_from_url
 from sluicegate.engines.objects import object_store_from_url
 from sluicegate.engines.store import Store, default_database_url
 from sluicegate.engines.store.leases import Leases
-from sluicegate.errors import APIError, ErrCode, invalid_fields
+from sluicegate.errors import APIError, ErrCode, SluicegateError, invalid_fields
 from sluicegate.observability.metrics import Metrics, MetricsMiddleware
 from sluicegate.observability.streams import StreamTelemetry
 from sluicegate.providers.embeddings import embedder_from_settings
@@ -248,7 +248,12 @@ class ModelEngine:
         self.provider = provider
 
     async def open(self) -> None:
-        """Nothing: the model loads on its first request."""
+        """Nothing, unless the provider preloads (``SLUICEGATE_TTS_PRELOAD``): the model loads on its first request."""
+        if getattr(self.provider, "preload", False):
+            try:
+                await self.provider.open()
+            except SluicegateError as exc:  # a voice that cannot load leaves chat without audio, not down
+                log.warning("preloading %s failed: %s", self.name, exc)
 
     async def close(self) -> None:
         await self.provider.close()
@@ -407,6 +412,7 @@ def create_app(
         context_chunks=settings.chat_context_chunks,
         max_output_tokens=settings.chat_max_output_tokens,
         model=settings.chat_model,
+        context_tokens=settings.llm_context_tokens,
     )
     troika = TroikaService(chat, search, embedder, clock=clock)
     # Opened in this order, closed in reverse: services after the engines they use.

