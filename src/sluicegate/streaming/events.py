@@ -18,7 +18,8 @@ internals. The codes are the seed's upper-case names (``DB_CONNECTION_ERROR``).
 
 Each stream logs the seed's lines (``[product-search-<id>] Starting ...``, ``...
 complete``) with structured fields (``stream_id``, ``route``, ``tenant``). A client that
-leaves cancels the generator (its ``finally`` runs); ``close`` is then not sent.
+leaves closes the frames, which closes ``events`` too (its ``finally`` runs at once, not
+when the garbage collector finds it); ``close`` is then not sent.
 """
 
 from __future__ import annotations
@@ -112,6 +113,16 @@ async def named_event_frames(
     events: AsyncIterator[NamedEvent], report: StreamReport, *, clock: Clock
 ) -> AsyncGenerator[bytes]:
     """The encoded stream of ``events``: ``connected`` first, ``close`` last (see the module docs)."""
+    try:
+        async for frame in _frames(events, report, clock):
+            yield frame
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _frames(events: AsyncIterator[NamedEvent], report: StreamReport, clock: Clock) -> AsyncGenerator[bytes]:
     started = clock.monotonic()
     report.info(f"Starting streaming {report.what}")
     yield _frame("connected", {"message": "Stream started", "streamId": report.stream_id, **report.connected})

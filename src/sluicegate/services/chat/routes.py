@@ -9,7 +9,6 @@ voice (see :mod:`sluicegate.services.chat.answer`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -21,23 +20,13 @@ from sluicegate.streaming.events import StreamReport, named_event_frames, new_st
 from sluicegate.streaming.response import EventStreamResponse
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator
-
     from sluicegate.clock import Clock
     from sluicegate.services.chat.service import ChatService
-    from sluicegate.streaming.events import NamedEvent
 
 __all__ = ["ChatRoutes"]
 
 #: A query of 4,000 characters and its ids, in JSON, with room to spare.
 BODY_LIMIT = 64 * 1024
-
-
-async def _frames(events: AsyncGenerator[NamedEvent], report: StreamReport, clock: Clock) -> AsyncIterator[bytes]:
-    # Closing the frames closes the events too (an ``async for`` alone would leave them to the GC).
-    async with contextlib.aclosing(events):
-        async for frame in named_event_frames(events, report, clock=clock):
-            yield frame
 
 
 class ChatRoutes:
@@ -74,7 +63,7 @@ class ChatRoutes:
                 tenant=identity.tenant,
             )
             return EventStreamResponse(
-                _frames(service.stream(identity.tenant, parsed), report, clock),
+                named_event_frames(service.stream(identity.tenant, parsed), report, clock=clock),
                 clock=clock,
                 heartbeat=heartbeat,
                 headers=dict(response.headers),

@@ -7,7 +7,6 @@ goes away closes the events, which stops the model and the voice.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -19,19 +18,10 @@ from sluicegate.streaming.events import StreamReport, named_event_frames, new_st
 from sluicegate.streaming.response import EventStreamResponse
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator
-
     from sluicegate.clock import Clock
     from sluicegate.services.troika.service import TroikaService
-    from sluicegate.streaming.events import NamedEvent
 
 __all__ = ["TroikaRoutes"]
-
-
-async def _frames(events: AsyncGenerator[NamedEvent], report: StreamReport, clock: Clock) -> AsyncIterator[bytes]:
-    async with contextlib.aclosing(events):
-        async for frame in named_event_frames(events, report, clock=clock):
-            yield frame
 
 
 class TroikaRoutes:
@@ -68,7 +58,7 @@ class TroikaRoutes:
                 tenant=identity.tenant,
             )
             return EventStreamResponse(
-                _frames(service.stream(identity.tenant, parsed), report, clock),
+                named_event_frames(service.stream(identity.tenant, parsed), report, clock=clock),
                 clock=clock,
                 heartbeat=heartbeat,
                 headers=dict(response.headers),
