@@ -29,6 +29,7 @@ import asyncio
 import json
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -122,15 +123,34 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 async def build(store: Store, service: SearchService, size: int) -> dict[str, Any] | None:
-    """Import the catalog unless the data dir holds it already; the import rate when it ran."""
-    if (await service.list_products(1, "bench", limit=1, offset=0))["total"] == size:
+    """Import the catalog unless the data dir holds it already; the import rate when it ran.
+
+    :func:`generate` makes the same first products for every size, so a catalog that
+    holds the first ``n`` (a copy of a smaller size's file, see :func:`main`) is topped up
+    with the rest instead of being imported again.
+    """
+    have = (await service.list_products(1, "bench", limit=1, offset=0))["total"]
+    if have >= size:
         return None
     products = parse_products(generate(size))
     started = time.perf_counter()
-    for start in range(0, size, 1000):  # one import request per 1,000 products, as a client would send
-        await service.import_products(1, "bench", products[start : start + 1000])
+    for start in range(have, size, 1000):  # one import request per 1,000 products, as a client would send
+        await service.import_products(1, "bench", products[start : min(size, start + 1000)])
     elapsed = time.perf_counter() - started
-    return {"products": size, "seconds": round(elapsed, 1), "imports_per_s": round(size / elapsed, 1)}
+    added = size - have
+    return {"products": added, "seconds": round(elapsed, 1), "imports_per_s": round(added / elapsed, 1)}
+
+
+def seed_file(data_dir: Path, size: int) -> Path:
+    """The catalog file of ``size``, started as a copy of the largest smaller one when it is new."""
+    path = data_dir / f"catalog-{size}.db"
+    if not path.exists():
+        smaller = sorted(
+            (int(p.stem.split("-")[1]), p) for p in data_dir.glob("catalog-*.db") if int(p.stem.split("-")[1]) < size
+        )
+        if smaller:
+            shutil.copyfile(smaller[-1][1], path)
+    return path
 
 
 async def timed(run: Any, items: list[tuple[str, ProductFilters | None]]) -> dict[str, float]:
@@ -181,13 +201,14 @@ async def main() -> None:
     default_dir = Path(tempfile.gettempdir()) / "sg-search-bench"
     parser.add_argument("--data-dir", type=Path, default=default_dir, help="where catalogs are kept")
     parser.add_argument("--exact-limit", type=int, default=20_000, help="the service's search_exact_vectors")
+    parser.add_argument("--threads", type=int, default=1, help="embedding threads (SLUICEGATE_EMBEDDINGS_THREADS)")
     args = parser.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    embedder = MiniLMEmbedder()
+    embedder = MiniLMEmbedder(threads=args.threads)
     report: dict[str, Any] = {"bench": "search", "machine": platform.machine(), "queries": args.queries, "sizes": {}}
     try:
         for size in (int(part) for part in args.sizes.split(",")):
-            store = Store(f"sqlite+aiosqlite:///{(args.data_dir / f'catalog-{size}.db').as_posix()}")
+            store = Store(f"sqlite+aiosqlite:///{seed_file(args.data_dir, size).as_posix()}")
             await store.open()
             try:
                 builder = SearchService(store, embedder, clock=SystemClock())
