@@ -9,7 +9,8 @@ is built once in ``--data-dir`` (a SQLite file per size) and reused by later run
 Then, in this process, ``--queries`` generated queries (two to four vocabulary words,
 some with filters) per case, one at a time:
 
-- ``text``: the database's full-text search alone (FTS5 bm25);
+- ``text``: the database's full-text search alone (FTS5 bm25), every word first, as the
+  service searches; ``text_any_word`` is the baseline of any word at once (``OR``);
 - ``embed``: the query's embedding alone (the model's share of vector and hybrid);
 - ``vector``: embedding plus the in-memory vector search;
 - ``hybrid``: :meth:`SearchService.find` (text and vector, filters, fusion, cards);
@@ -171,7 +172,11 @@ async def measure(store: Store, embedder: MiniLMEmbedder, size: int, exact_limit
 
     async def text(query: str, filters: ProductFilters | None) -> None:
         async with store.session() as session:
-            await text_hits(session, 1, "bench", query_terms(query), limit=50, filters=filters)
+            await text_hits(session, 1, "bench", query_terms(query), limit=50, filters=filters, enough=10)
+
+    async def text_any(query: str, filters: ProductFilters | None) -> None:
+        async with store.session() as session:
+            await text_hits(session, 1, "bench", query_terms(query), limit=50, filters=filters, match="any")
 
     async def embed(query: str, filters: ProductFilters | None) -> None:
         await embedder.embed([query])
@@ -188,6 +193,7 @@ async def measure(store: Store, embedder: MiniLMEmbedder, size: int, exact_limit
         "index": "hnsw" if index.vectors.uses_graph else "exact",
         "load_s": round(load, 2),
         "text": await timed(text, items),
+        "text_any_word": await timed(text_any, items),
         "embed": await timed(embed, items),
         "vector": await timed(vector, items),
         "hybrid": await timed(hybrid, items),

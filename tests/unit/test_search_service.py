@@ -79,6 +79,19 @@ async def test_both_databases_match_the_same_products_for_the_same_words(service
         assert not scores or (scores[0] == 1.0 and all(0.0 <= s <= 1.0 for s in scores))
 
 
+async def test_products_with_every_word_are_found_first_and_any_word_when_too_few(service: SearchService) -> None:
+    async def ids(query: str, enough: int | None = None) -> set[str]:
+        async with service.store.session() as session:
+            hits = await text_hits(session, 1, "default", query_terms(query), limit=100, enough=enough)
+        return {card["id"] for card in (await service.cards(pk for pk, _ in hits)).values()}
+
+    silk, saree = await ids("silk"), await ids("saree")
+    both = silk & saree
+    assert 2 <= len(both) < len(silk | saree)
+    assert await ids("silk saree", enough=len(both)) == both
+    assert await ids("silk saree", enough=len(both) + 1) == silk | saree
+
+
 async def test_a_products_own_name_ranks_it_first_with_sane_scores(service: SearchService) -> None:
     outcome = await service.find(1, "default", "Kanjeevaram Silk Saree Temple Border", limit=5)
     first = outcome.products[0]

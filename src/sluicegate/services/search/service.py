@@ -148,7 +148,9 @@ class _Hybrid:
         fetch = self.candidates * (4 if self.filters and (self.filters.size or self.filters.color) else 1)
         terms = query_terms(self.query)
         async with self.service.store.session() as session:
-            hits = await text_hits(session, self.tenant, self.catalog, terms, limit=fetch, filters=self.filters)
+            hits = await text_hits(
+                session, self.tenant, self.catalog, terms, limit=fetch, filters=self.filters, enough=self.limit
+            )
         index, mask = self.index, self.mask
         self.texts = [(pk, score) for pk, score in hits if _passes(index, pk, mask)][: self.candidates]
         return len(self.texts)
