@@ -37,7 +37,7 @@ def test_hnsw_above_the_exact_limit_finds_the_same_top_hits_as_exact_search(data
     graph = VectorIndex(DIM, exact_limit=500)
     exact.upsert(keys, rows)
     graph.upsert(keys, rows)
-    assert graph.uses_graph and not exact.uses_graph
+    assert graph.wait_for_graph() and not exact.wait_for_graph()
     recall = []
     for target in rng.choice(len(rows), 40, replace=False):
         query = near(rng, rows[target])
@@ -122,9 +122,36 @@ def test_building_a_graph_before_the_embedding_model_loads_does_not_crash_the_pr
         "from sluicegate.services.retrieval.vectors import VectorIndex\n"
         "index = VectorIndex(4, exact_limit=1)\n"
         "index.upsert([1, 2], np.eye(2, 4, dtype=np.float32))\n"
-        "assert index.uses_graph\n"
+        "assert index.wait_for_graph()\n"
         "import onnxruntime\n"
         "print('alive')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stdout.strip()) == (0, "alive"), done.stderr[-500:]
+
+
+def test_the_graph_is_built_in_the_background_and_writes_meanwhile_are_not_lost(data: Data) -> None:
+    _, rows = data
+    keys = np.arange(len(rows))
+    index = VectorIndex(DIM, exact_limit=500)
+    index.upsert(keys[:1000], rows[:1000])
+    assert index.building_graph  # searches are exact until it is built
+    [(key, cosine)] = index.search(rows[10], 1)
+    assert key == 10 and cosine == pytest.approx(1.0, abs=1e-5)
+    index.upsert(keys[1000:1100], rows[1000:1100])  # journalled while the graph is built
+    index.remove([10])
+    assert index.wait_for_graph() and not index.building_graph
+    assert index.search(rows[1050], 1)[0][0] == 1050
+    assert index.search(rows[10], 5)[0][0] != 10
+    assert len(index) == 1099
+
+
+def test_many_writes_during_a_build_make_it_build_again_from_what_the_index_holds(data: Data) -> None:
+    _, rows = data
+    keys = np.arange(len(rows))
+    index = VectorIndex(DIM, exact_limit=100)
+    index.upsert(keys[:200], rows[:200])
+    index.upsert(keys[200:], rows[200:])  # 2,800 writes during the build: more than REPLAY_LIMIT
+    assert index.wait_for_graph()
+    for target in (5, 250, 2999):
+        assert index.search(rows[target], 1)[0][0] == target

@@ -166,6 +166,6 @@ async def test_market_and_vocabulary_describe_the_catalog(service: SearchService
 
 async def test_a_catalog_above_the_exact_limit_searches_through_hnsw(service: SearchService) -> None:
     index = await service.fresh_index(1, "default")
-    assert index.vectors.uses_graph  # exact_vectors=20 < 30 products
+    assert await asyncio.to_thread(index.vectors.wait_for_graph)  # exact_vectors=20 < 30 products
     outcome = await service.find(1, "default", "Oxidised Silver Jhumka Earrings", limit=3, semantic_ratio=1.0)
     assert outcome.products[0]["id"] == "jw-002"
