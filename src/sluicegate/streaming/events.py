@@ -33,14 +33,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sluicegate.errors import APIError
+from sluicegate.streaming.response import EventStreamResponse
 from sluicegate.streaming.sse import encode_json_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
 
+    from starlette.responses import Response
+
     from sluicegate.clock import Clock
 
-__all__ = ["NamedEvent", "StreamReport", "error_code", "named_event_frames", "new_stream_id"]
+__all__ = ["NamedEvent", "StreamReport", "error_code", "named_event_frames", "named_event_response", "new_stream_id"]
 
 log = logging.getLogger("sluicegate.streams")
 
@@ -154,3 +157,18 @@ async def _frames(events: AsyncIterator[NamedEvent], report: StreamReport, clock
             },
         )
     yield _frame("close", {"message": "Stream ended"})
+
+
+def named_event_response(
+    events: AsyncIterator[NamedEvent],
+    report: StreamReport,
+    *,
+    clock: Clock,
+    heartbeat: float | None,
+    response: Response,
+) -> EventStreamResponse:
+    """The route's answer: :func:`named_event_frames` of ``events`` as an SSE response, with
+    the headers the route's dependencies set on ``response`` (the ``X-RateLimit-*`` counts)
+    and ``: ping`` comments after ``heartbeat`` seconds of silence."""
+    frames = named_event_frames(events, report, clock=clock)
+    return EventStreamResponse(frames, clock=clock, heartbeat=heartbeat, headers=dict(response.headers))

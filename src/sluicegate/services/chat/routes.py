@@ -16,8 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sluicegate.responses import read_body
 from sluicegate.security.deps import AnyIdentity, rate_limited
 from sluicegate.services.chat.service import parse_chat_request
-from sluicegate.streaming.events import StreamReport, named_event_frames, new_stream_id
-from sluicegate.streaming.response import EventStreamResponse
+from sluicegate.streaming.events import StreamReport, named_event_response, new_stream_id
 
 if TYPE_CHECKING:
     from sluicegate.clock import Clock
@@ -62,9 +61,6 @@ class ChatRoutes:
                 connected={"chatbotId": parsed.chatbot_id, "sessionId": parsed.session_id},
                 tenant=identity.tenant,
             )
-            return EventStreamResponse(
-                named_event_frames(service.stream(identity.tenant, parsed), report, clock=clock),
-                clock=clock,
-                heartbeat=heartbeat,
-                headers=dict(response.headers),
+            return named_event_response(
+                service.stream(identity.tenant, parsed), report, clock=clock, heartbeat=heartbeat, response=response
             )

@@ -22,8 +22,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from sluicegate.errors import APIError
 from sluicegate.responses import json_response
 from sluicegate.security.deps import AnyIdentity, rate_limited
-from sluicegate.streaming.events import StreamReport, named_event_frames, new_stream_id
-from sluicegate.streaming.response import EventStreamResponse
+from sluicegate.streaming.events import StreamReport, named_event_response, new_stream_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -128,9 +127,8 @@ class ContextRoutes:
                 fields={"chatbotId": checked.chatbot_id, "fileName": checked.file_name, "bytes": len(checked.data)},
                 tenant=identity.tenant,
             )
-            frames = named_event_frames(service.upload(checked), report, clock=self.clock)
-            return EventStreamResponse(
-                frames, clock=self.clock, heartbeat=self.heartbeat, headers=dict(response.headers)
+            return named_event_response(
+                service.upload(checked), report, clock=self.clock, heartbeat=self.heartbeat, response=response
             )
 
         @self.router.get("/api/context/documents", summary="The caller's context documents")

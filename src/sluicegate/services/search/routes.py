@@ -24,8 +24,7 @@ from sluicegate.security.deps import AnyIdentity, rate_limited
 from sluicegate.services.search.filters import FilterError, ProductFilters, parse_float, parse_int
 from sluicegate.services.search.products import ProductError, parse_body, parse_products
 from sluicegate.services.search.service import check_catalog
-from sluicegate.streaming.events import StreamReport, named_event_frames, new_stream_id
-from sluicegate.streaming.response import EventStreamResponse
+from sluicegate.streaming.events import StreamReport, named_event_response, new_stream_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -66,12 +65,7 @@ class SearchRoutes:
         self._search_routes()
 
     def _stream(self, events: AsyncIterator[NamedEvent], report: StreamReport, response: Response) -> Response:
-        return EventStreamResponse(
-            named_event_frames(events, report, clock=self.clock),
-            clock=self.clock,
-            heartbeat=self.heartbeat,
-            headers=dict(response.headers),
-        )
+        return named_event_response(events, report, clock=self.clock, heartbeat=self.heartbeat, response=response)
 
     def _catalog_routes(self) -> None:
         service, limit = self.service, self.max_import_bytes

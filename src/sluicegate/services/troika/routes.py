@@ -14,8 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sluicegate.responses import read_body
 from sluicegate.security.deps import AnyIdentity, rate_limited
 from sluicegate.services.troika.models import AGENT_BODY_BYTES, parse_agent_request
-from sluicegate.streaming.events import StreamReport, named_event_frames, new_stream_id
-from sluicegate.streaming.response import EventStreamResponse
+from sluicegate.streaming.events import StreamReport, named_event_response, new_stream_id
 
 if TYPE_CHECKING:
     from sluicegate.clock import Clock
@@ -57,9 +56,6 @@ class TroikaRoutes:
                 connected={"catalog": parsed.catalog, "sessionId": parsed.sessionId},
                 tenant=identity.tenant,
             )
-            return EventStreamResponse(
-                named_event_frames(service.stream(identity.tenant, parsed), report, clock=clock),
-                clock=clock,
-                heartbeat=heartbeat,
-                headers=dict(response.headers),
+            return named_event_response(
+                service.stream(identity.tenant, parsed), report, clock=clock, heartbeat=heartbeat, response=response
             )
