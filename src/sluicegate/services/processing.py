@@ -183,13 +183,14 @@ class Processors:
                 log.warning("processing %s %s stopped: %s (retried)", self.kind, lease.key, mapped.message)
             else:
                 log.exception("processing %s %s failed (retried)", self.kind, lease.key)
-            self.running.pop(lease.key, None)
+            # Released before it leaves ``running``: until then no tick starts it again here.
             with contextlib.suppress(Exception):
                 await self.leases.release(self.kind, lease.key)
+            self.running.pop(lease.key, None)
             return
-        self.running.pop(lease.key, None)
         with contextlib.suppress(Exception):
             await self.leases.forget(self.kind, lease.key)
+        self.running.pop(lease.key, None)
 
     async def _ticks(self) -> None:
         first = True  # at start-up, take over at once what nobody holds (a restart's own sessions)
