@@ -8,7 +8,6 @@ listing, deleting and tenants are checked the way a client sees them.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ import orjson
 import pytest
 
 from sluicegate.streaming.sse import SSEDecoder
+from tests.documents import docx_of, pdf_of
 from tests.server import UNIT
 
 if TYPE_CHECKING:
@@ -44,29 +44,18 @@ def server(serve_module: Callable[..., Server]) -> Server:
 
 
 def make_pdf() -> bytes:
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=12)
-    pdf.add_page()
-    pdf.multi_cell(0, 8, "Shipping policy. Orders leave the warehouse within two business days.")
-    pdf.add_page()
-    pdf.multi_cell(0, 8, "Warranty terms. Every kettle carries a five year warranty against rust.")
-    return bytes(pdf.output())
+    return pdf_of(
+        "Shipping policy. Orders leave the warehouse within two business days.",
+        "Warranty terms. Every kettle carries a five year warranty against rust.",
+    )
 
 
 def make_docx() -> bytes:
-    import docx
-
-    document = docx.Document()
-    document.add_heading("Returns", level=1)
-    document.add_paragraph("Unworn shoes may be returned within 30 days. Refunds reach the card in a week.")
-    table = document.add_table(rows=2, cols=2)
-    table.cell(0, 0).text, table.cell(0, 1).text = "Size", "Stock"
-    table.cell(1, 0).text, table.cell(1, 1).text = "M", "12"
-    out = io.BytesIO()
-    document.save(out)
-    return out.getvalue()
+    return docx_of(
+        "Returns",
+        "Unworn shoes may be returned within 30 days. Refunds reach the card in a week.",
+        [["Size", "Stock"], ["M", "12"]],
+    )
 
 
 CSV = b"name,colour,price\nTrail shoe,red,89\nRain jacket,blue,120\nWool hat,grey,25\n"

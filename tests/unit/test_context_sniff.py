@@ -11,35 +11,16 @@ import pytest
 from sluicegate.services.context.errors import EmptyDocument, ExtractionFailed, UnsupportedFileType
 from sluicegate.services.context.extract import extract
 from sluicegate.services.context.sniff import FileKind, sniff
+from tests.documents import docx_of, pdf_of
 
 
 def two_page_pdf() -> bytes:
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=12)
-    pdf.add_page()
-    pdf.multi_cell(0, 8, "First page. Orders ship in two days.")
-    pdf.add_page()
-    pdf.multi_cell(0, 8, "Second page. The warranty lasts five years.")
-    return bytes(pdf.output())
+    return pdf_of("First page. Orders ship in two days.", "Second page. The warranty lasts five years.")
 
 
 def docx_bytes() -> bytes:
-    import docx
-
-    document = docx.Document()
-    document.add_heading("Returns", level=2)
-    document.add_paragraph("Return unworn items within 30 days.")
-    table = document.add_table(rows=2, cols=3)
-    for n, value in enumerate(["Size", "Stock", "Price"]):
-        table.cell(0, n).text = value
-    for n, value in enumerate(["M", "12", "10"]):
-        table.cell(1, n).text = value
-    document.add_paragraph("After the table.")
-    out = io.BytesIO()
-    document.save(out)
-    return out.getvalue()
+    rows = [["Size", "Stock", "Price"], ["M", "12", "10"]]
+    return docx_of("Returns", "Return unworn items within 30 days.", rows, level=2, after="After the table.")
 
 
 def kind_of(data: bytes) -> FileKind:

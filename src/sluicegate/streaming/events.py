@@ -43,11 +43,28 @@ if TYPE_CHECKING:
 
     from sluicegate.clock import Clock
 
-__all__ = ["NamedEvent", "StreamReport", "error_code", "named_event_frames", "named_event_response", "new_stream_id"]
+__all__ = [
+    "NamedEvent",
+    "StreamReport",
+    "error_code",
+    "named_event_frames",
+    "named_event_response",
+    "new_stream_id",
+    "progress",
+]
 
 log = logging.getLogger("sluicegate.streams")
 
 NamedEvent = tuple[str, dict[str, Any]]
+
+
+def progress(step: str, message: str, count: int | None = None, **fields: Any) -> NamedEvent:
+    """A ``progress`` event: ``{"step", "message", "count"?, ...fields}``."""
+    data: dict[str, Any] = {"step": step, "message": message}
+    if count is not None:
+        data["count"] = count
+    data.update(fields)
+    return "progress", data
 
 
 def new_stream_id(prefix: str) -> str:

@@ -18,19 +18,19 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import select
 
 from sluicegate.services.context.tables import ContextChunkRow, ContextDocumentRow
-from sluicegate.services.retrieval.vectors import VectorIndex
+from sluicegate.services.retrieval.vectors import VectorIndex, decode_vectors
 from sluicegate.services.retrieval.versions import read_version
 
 if TYPE_CHECKING:
+    import numpy as np
     import numpy.typing as npt
 
     from sluicegate.engines.store import Store
 
-__all__ = ["ChatbotIndexes", "RetrievedChunk", "decode_vector", "encode_vector"]
+__all__ = ["ChatbotIndexes", "RetrievedChunk"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,6 @@ class RetrievedChunk:
     start_offset: int
     end_offset: int
     score: float
-
-
-def encode_vector(vector: npt.NDArray[np.float32]) -> bytes:
-    """A vector as stored: float32, little-endian."""
-    return np.asarray(vector, dtype="<f4").tobytes()
-
-
-def decode_vector(blob: bytes, dimensions: int) -> npt.NDArray[np.float32]:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(dimensions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +172,7 @@ class ChatbotIndexes:
         if not rows:
             return
         keys = [int(row.pk) for row in rows]
-        matrix = np.stack([decode_vector(row.embedding, self.dimensions) for row in rows])
+        matrix = decode_vectors([row.embedding for row in rows], self.dimensions)
         index.vectors.upsert(keys, matrix)
         for key, row in zip(keys, rows, strict=True):
             index.meta[key] = _Meta(

@@ -31,10 +31,12 @@ from sluicegate.engines.store import StoreConflict
 from sluicegate.errors import APIError
 from sluicegate.services.context.chunking import Chunk, chunk_text
 from sluicegate.services.context.extract import Extracted, extract
-from sluicegate.services.context.index import ChatbotIndexes, RetrievedChunk, encode_vector
+from sluicegate.services.context.index import ChatbotIndexes, RetrievedChunk
 from sluicegate.services.context.sniff import Sniffed, sniff
 from sluicegate.services.context.tables import ContextChunkRow, ContextDocumentRow
+from sluicegate.services.retrieval.vectors import encode_vector
 from sluicegate.services.retrieval.versions import bump_version
+from sluicegate.streaming.events import progress
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -68,10 +70,6 @@ class UploadRequest:
     data: bytes
     chunk_tokens: int
     chunk_overlap: int
-
-
-def _progress(step: str, message: str, **fields: Any) -> NamedEvent:
-    return "progress", {"step": step, "message": message, **fields}
 
 
 def _document(row: ContextDocumentRow) -> dict[str, Any]:
@@ -189,7 +187,7 @@ class ContextService:
             StoreUnavailable: the database failed.
         """
         digest, sniffed = await asyncio.to_thread(_hash_and_sniff, request.data)
-        yield _progress(
+        yield progress(
             "validation",
             f"Validated {request.file_name}: {sniffed.kind.value}, {len(request.data)} bytes",
             fileName=request.file_name,
@@ -203,7 +201,7 @@ class ContextService:
             return
         extracted = await asyncio.to_thread(extract, request.data, sniffed.kind, sniffed.text)
         pages = f" from {extracted.pages} pages" if extracted.pages is not None else ""
-        yield _progress(
+        yield progress(
             "extraction",
             f"Extracted {len(extracted.text)} characters{pages}",
             count=len(extracted.text),
@@ -212,7 +210,7 @@ class ContextService:
             percent=_PERCENT["extraction"],
         )
         chunks, tokens = await asyncio.to_thread(self._chunk, extracted, request)
-        yield _progress(
+        yield progress(
             "chunking",
             f"Split into {len(chunks)} chunks ({tokens} tokens)",
             count=len(chunks),
@@ -226,14 +224,14 @@ class ContextService:
             vectors.extend(await self.embedder.embed([chunk.text for chunk in batch]))
             done += len(batch)
             span = _PERCENT["embedding"] - _PERCENT["chunking"]
-            yield _progress(
+            yield progress(
                 "embedding",
                 f"Embedded {done} of {len(chunks)} chunks",
                 count=done,
                 total=len(chunks),
                 percent=_PERCENT["chunking"] + span * done // len(chunks),
             )
-        yield _progress("storing", f"Storing {len(chunks)} chunks", count=len(chunks), percent=_PERCENT["storing"])
+        yield progress("storing", f"Storing {len(chunks)} chunks", count=len(chunks), percent=_PERCENT["storing"])
         row = ContextDocumentRow(
             id=f"doc_{secrets.token_hex(12)}",
             tenant=request.tenant,

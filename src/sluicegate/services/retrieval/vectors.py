@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-__all__ = ["EXACT_LIMIT", "VectorIndex"]
+__all__ = ["EXACT_LIMIT", "VectorIndex", "decode_vectors", "encode_vector"]
 
 #: Live vectors up to which searches are exact (no HNSW graph is built).
 EXACT_LIMIT = 20_000
@@ -61,6 +61,17 @@ def _build(dimensions: int, keys: npt.NDArray[np.int64], vectors: npt.NDArray[np
     if len(keys):
         graph.add(keys, vectors)
     return graph
+
+
+def encode_vector(vector: npt.ArrayLike) -> bytes:
+    """A vector as the database stores it: float32, little-endian."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def decode_vectors(blobs: Sequence[bytes], dimensions: int) -> npt.NDArray[np.float32]:
+    """Stored vectors (:func:`encode_vector`) as one ``(len(blobs), dimensions)`` matrix."""
+    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimensions)
+    return matrix.astype(np.float32)
 
 
 def _usearch_index() -> Any:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sluicegate.services.retrieval.vectors import VectorIndex
+from sluicegate.services.retrieval.vectors import VectorIndex, decode_vectors
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -144,9 +144,7 @@ class CatalogIndex:
         live = [row for row in rows if not row.deleted]
         if not live:
             return
-        matrix = np.frombuffer(b"".join(row.embedding for row in live), dtype="<f4").reshape(
-            len(live), self.vectors.dimensions
-        )
+        matrix = decode_vectors([row.embedding for row in live], self.vectors.dimensions)
         slots = self.vectors.upsert([row.pk for row in live], matrix)
         self._grow(self.vectors.slots)
         for slot, row in zip(slots, live, strict=True):

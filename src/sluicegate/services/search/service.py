@@ -29,11 +29,13 @@ from sqlalchemy import func, insert, select, update
 from sluicegate.errors import APIError
 from sluicegate.providers.embeddings.base import EmbeddingError
 from sluicegate.services.retrieval.fusion import reciprocal_rank_fusion
+from sluicegate.services.retrieval.vectors import encode_vector
 from sluicegate.services.retrieval.versions import bump_version, read_version
 from sluicegate.services.search.catalog import CatalogIndex, IndexedRow
 from sluicegate.services.search.products import embedding_text, search_text
 from sluicegate.services.search.tables import ProductRow
 from sluicegate.services.search.text import query_terms, text_hits
+from sluicegate.streaming.events import progress
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -266,7 +268,7 @@ class SearchService:
                     "stock": product.stock,
                     "data": product.data,
                     "search_text": search_text(product),
-                    "embedding": np.asarray(vector, dtype="<f4").tobytes(),
+                    "embedding": encode_vector(vector),
                     "updated_at": now,
                 }
                 known = existing.get(product.id)
@@ -468,12 +470,12 @@ class SearchService:
         try:
             await run.start()
             found = await run.text()
-            yield _progress("text_search", f"Text search found {found} results", found)
+            yield progress("text_search", f"Text search found {found} results", found)
             found = await run.vector()
-            yield _progress("vector_search", f"Vector search found {found} results", found)
-            yield _progress("filters", f"{run.filtered} products pass the filters", run.filtered)
+            yield progress("vector_search", f"Vector search found {found} results", found)
+            yield progress("filters", f"{run.filtered} products pass the filters", run.filtered)
             outcome = await run.rank()
-            yield _progress("ranking", f"Ranked {outcome.total} results by reciprocal rank fusion", outcome.total)
+            yield progress("ranking", f"Ranked {outcome.total} results by reciprocal rank fusion", outcome.total)
             yield "results", {"type": "product_cards", "products": outcome.products, "total": outcome.total}
             yield (
                 "complete",
@@ -505,7 +507,7 @@ class SearchService:
         index = await self.fresh_index(tenant, catalog)
         async with index.lock:
             mask = index.allowed(filters)
-        yield _progress("semantic_search", "Performing semantic search...")
+        yield progress("semantic_search", "Performing semantic search...")
         vector: npt.NDArray[np.float32] | None = None
         reason = ""
         try:
@@ -515,7 +517,7 @@ class SearchService:
         hits: list[tuple[int, float]] = []
         if vector is not None:
             hits = [(pk, cos) for pk, cos in await self.nearest(index, vector, limit, mask) if cos >= floor]
-            yield _progress("semantic_search", f"Semantic search found {len(hits)} results", len(hits))
+            yield progress("semantic_search", f"Semantic search found {len(hits)} results", len(hits))
             reason = f"No product reached minScore {floor:g}; falling back to text search"
         match_type = "semantic"
         products: list[dict[str, Any]] = []
@@ -526,9 +528,9 @@ class SearchService:
                     products.append({**cards[pk], "similarity": round(cos, 6), "matchType": "semantic"})
         else:
             match_type = "text"
-            yield _progress("text_fallback", reason)
+            yield progress("text_fallback", reason)
             products = await self._text_cards(index, tenant, catalog, query, limit, filters, mask, vector)
-            yield _progress("text_fallback", f"Text search found {len(products)} results", len(products))
+            yield progress("text_fallback", f"Text search found {len(products)} results", len(products))
         yield (
             "results",
             {"type": "product_cards", "products": products, "total": len(products), "matchType": match_type},
@@ -611,10 +613,3 @@ class SearchService:
                 colors=index.colors.vocabulary(live),
                 sizes=index.sizes.vocabulary(live),
             )
-
-
-def _progress(step: str, message: str, count: int | None = None) -> NamedEvent:
-    data: dict[str, Any] = {"step": step, "message": message}
-    if count is not None:
-        data["count"] = count
-    return "progress", data

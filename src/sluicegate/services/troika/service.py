@@ -36,6 +36,7 @@ from sluicegate.services.search.filters import ProductFilters
 from sluicegate.services.troika.entities import Entities, extract_entities
 from sluicegate.services.troika.intents import IntentClassifier
 from sluicegate.services.troika.prompt import agent_prompt, agent_suggestions
+from sluicegate.streaming.events import progress
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -83,13 +84,6 @@ def _relaxations(filters: ProductFilters) -> list[ProductFilters]:
     return seen
 
 
-def _progress(step: str, message: str, count: int | None = None) -> NamedEvent:
-    data: dict[str, Any] = {"step": step, "message": message}
-    if count is not None:
-        data["count"] = count
-    return "progress", data
-
-
 class TroikaService:
     """The sales agent (see the module docstring).
 
@@ -108,7 +102,7 @@ class TroikaService:
 
     async def stream(self, tenant: int, request: AgentRequest) -> AsyncGenerator[NamedEvent]:
         """The events of one message, ``progress`` to ``complete`` (the route adds ``connected`` and ``close``)."""
-        yield _progress("intent_analysis", "Analysing the message")
+        yield progress("intent_analysis", "Analysing the message")
         guess = await self.intents.classify(request.query)
         vocabulary = await self.search.vocabulary(tenant, request.catalog)
         entities = extract_entities(
@@ -117,7 +111,7 @@ class TroikaService:
         yield "intent", {"intent": guess.intent, "confidence": guess.confidence, "entities": entities.as_dict()}
 
         wanted = _filters(entities)
-        yield _progress("market_analysis", "Reading the market of the catalog")
+        yield progress("market_analysis", "Reading the market of the catalog")
         market_query = "" if guess.intent in ("greeting", "order_support", "other") else request.query
         market = await self.search.market(tenant, request.catalog, market_query, filters=wanted)
         yield "market", market
@@ -125,7 +119,7 @@ class TroikaService:
         products: list[dict[str, Any]] = []
         applied = ProductFilters()
         if guess.intent in PRODUCT_INTENTS:
-            yield _progress("product_search", "Searching the catalog")
+            yield progress("product_search", "Searching the catalog")
             for filters in _relaxations(wanted):
                 outcome = await self.search.find(
                     tenant, request.catalog, request.query, limit=RESULT_LIMIT, filters=filters
@@ -147,7 +141,7 @@ class TroikaService:
         chunks: list[Any] = []
         if request.chatbotId:
             chunks = list(await self.chat.context.retrieve(tenant, request.chatbotId, request.query, PASSAGES))
-            yield _progress("retrieval", f"Found {len(chunks)} relevant context chunks", len(chunks))
+            yield progress("retrieval", f"Found {len(chunks)} relevant context chunks", len(chunks))
 
         history = await self.chat.memory.history(tenant, request.sessionId)
         prompt = agent_prompt(
@@ -159,7 +153,7 @@ class TroikaService:
             passages=[chunk.text for chunk in chunks],
             history=[(role, text) for turn in history for role, text in (("user", turn.query), ("agent", turn.answer))],
         )
-        yield _progress("generation", "Generating the answer")
+        yield progress("generation", "Generating the answer")
         run = self.chat.answers.run(
             prompt, enable_tts=request.enableTTS, audio_format=request.audioFormat, route="troika"
         )
