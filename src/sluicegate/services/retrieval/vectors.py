@@ -69,9 +69,10 @@ def encode_vector(vector: npt.ArrayLike) -> bytes:
 
 
 def decode_vectors(blobs: Sequence[bytes], dimensions: int) -> npt.NDArray[np.float32]:
-    """Stored vectors (:func:`encode_vector`) as one ``(len(blobs), dimensions)`` matrix."""
+    """Stored vectors (:func:`encode_vector`) as one read-only ``(len(blobs), dimensions)`` matrix
+    (no copy on a little-endian machine: :meth:`VectorIndex.upsert` copies the rows it keeps)."""
     matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimensions)
-    return matrix.astype(np.float32)
+    return matrix.astype(np.float32, copy=False)
 
 
 def _usearch_index() -> Any:

@@ -125,9 +125,12 @@ class _Hybrid:
     texts: list[tuple[int, float]] = field(default_factory=list)
     vectors: list[tuple[int, float]] = field(default_factory=list)
     query_vector: npt.NDArray[np.float32] | None = None
+    #: The query's embedding when the caller has it already (the sales agent embeds a message once).
+    given_vector: npt.NDArray[np.float32] | None = None
 
     async def start(self) -> None:
-        self.embedding = asyncio.create_task(self.service.embedder.embed([self.query]))
+        if self.given_vector is None:
+            self.embedding = asyncio.create_task(self.service.embedder.embed([self.query]))
         self.index = await self.service.fresh_index(self.tenant, self.catalog)
         async with self.index.lock:
             self.mask = self.index.allowed(self.filters)
@@ -158,8 +161,12 @@ class _Hybrid:
         return len(self.texts)
 
     async def vector(self) -> int:
-        assert self.index is not None and self.embedding is not None  # noqa: S101 -- start() made them
-        self.query_vector = (await self.embedding)[0]
+        assert self.index is not None  # noqa: S101 -- start() made it
+        if self.given_vector is not None:
+            self.query_vector = self.given_vector
+        else:
+            assert self.embedding is not None  # noqa: S101 -- start() made it
+            self.query_vector = (await self.embedding)[0]
         self.vectors = await self.service.nearest(self.index, self.query_vector, self.candidates, self.mask)
         return len(self.vectors)
 
@@ -436,17 +443,21 @@ class SearchService:
         limit: int = 10,
         filters: ProductFilters | None = None,
         semantic_ratio: float = 0.5,
+        vector: npt.NDArray[np.float32] | None = None,
     ) -> SearchOutcome:
         """The hybrid search of ``GET /api/products/search/stream``: product cards, best first.
 
         Each card is the stored product plus ``score`` (fused, 0..1), ``textScore`` (0..1)
-        and ``vectorScore`` (the cosine).
+        and ``vectorScore`` (the cosine). ``vector`` is the query's embedding when the caller
+        has it already (it is not computed again).
 
         Raises:
             EmbeddingError: the embedding model is unavailable.
             StoreUnavailable: the database failed.
         """
-        run = _Hybrid(self, tenant, catalog, query, min(limit, self.max_limit), filters, semantic_ratio)
+        run = _Hybrid(
+            self, tenant, catalog, query, min(limit, self.max_limit), filters, semantic_ratio, given_vector=vector
+        )
         try:
             await run.start()
             await run.text()
@@ -567,9 +578,16 @@ class SearchService:
         ]
 
     async def market(
-        self, tenant: int, catalog: str, query: str, *, filters: ProductFilters | None = None
+        self,
+        tenant: int,
+        catalog: str,
+        query: str,
+        *,
+        filters: ProductFilters | None = None,
+        vector: npt.NDArray[np.float32] | None = None,
     ) -> dict[str, Any]:
-        """Market figures over the products matching ``query`` (all filtered products when it is blank).
+        """Market figures over the products matching ``query`` (all filtered products when it is blank;
+        ``vector`` is the query's embedding when the caller has it already).
 
         A product matches when it passes ``filters`` and either its cosine with the query
         reaches ``aza_min_score`` or it is a strong text hit (``textScore`` at least 0.5).
@@ -587,10 +605,11 @@ class SearchService:
                 hits = await text_hits(
                     session, tenant, catalog, query_terms(query), limit=_MARKET_TEXT, filters=filters
                 )
-            try:
-                vector = (await self.embedder.embed([query]))[0]
-            except EmbeddingError:
-                vector = None
+            if vector is None:
+                try:
+                    vector = (await self.embedder.embed([query]))[0]
+                except EmbeddingError:
+                    vector = None
             async with index.lock:
                 for pk, score in hits:
                     slot = index.vectors.slot_of(pk)

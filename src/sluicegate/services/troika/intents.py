@@ -121,8 +121,12 @@ class IntentClassifier:
 
     async def classify_many(self, texts: list[str]) -> list[IntentGuess]:
         """The intent of each text."""
+        return await self.classify_vectors(await self.embedder.embed(texts))
+
+    async def classify_vectors(self, vectors: npt.NDArray[np.float32]) -> list[IntentGuess]:
+        """The intent of each message, from its embedding (one row each)."""
         await self.ready()
-        probs = self._probabilities(await self.embedder.embed(texts))
+        probs = self._probabilities(vectors)
         guesses = []
         for row in probs:
             best = int(row.argmax())

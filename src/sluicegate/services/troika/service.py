@@ -98,12 +98,15 @@ class TroikaService:
         self.chat = chat
         self.search = search
         self.clock = clock
+        self.embedder = embedder
         self.intents = IntentClassifier(embedder)
 
     async def stream(self, tenant: int, request: AgentRequest) -> AsyncGenerator[NamedEvent]:
         """The events of one message, ``progress`` to ``complete`` (the route adds ``connected`` and ``close``)."""
         yield progress("intent_analysis", "Analysing the message")
-        guess = await self.intents.classify(request.query)
+        # One embedding of the message serves the classifier, the market and every search.
+        vector = (await self.embedder.embed([request.query]))[0]
+        guess = (await self.intents.classify_vectors(vector.reshape(1, -1)))[0]
         vocabulary = await self.search.vocabulary(tenant, request.catalog)
         entities = extract_entities(
             request.query, categories=vocabulary.categories, colors=vocabulary.colors, sizes=vocabulary.sizes
@@ -113,7 +116,7 @@ class TroikaService:
         wanted = _filters(entities)
         yield progress("market_analysis", "Reading the market of the catalog")
         market_query = "" if guess.intent in ("greeting", "order_support", "other") else request.query
-        market = await self.search.market(tenant, request.catalog, market_query, filters=wanted)
+        market = await self.search.market(tenant, request.catalog, market_query, filters=wanted, vector=vector)
         yield "market", market
 
         products: list[dict[str, Any]] = []
@@ -122,7 +125,7 @@ class TroikaService:
             yield progress("product_search", "Searching the catalog")
             for filters in _relaxations(wanted):
                 outcome = await self.search.find(
-                    tenant, request.catalog, request.query, limit=RESULT_LIMIT, filters=filters
+                    tenant, request.catalog, request.query, limit=RESULT_LIMIT, filters=filters, vector=vector
                 )
                 if outcome.products:
                     products, applied = outcome.products, filters
