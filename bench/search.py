@@ -9,11 +9,14 @@ is built once in ``--data-dir`` (a SQLite file per size) and reused by later run
 Then, in this process, ``--queries`` generated queries (two to four vocabulary words,
 some with filters) per case, one at a time:
 
-- ``text``: the database's full-text search alone (FTS5 bm25), every word first, as the
-  service searches; ``text_any_word`` is the baseline of any word at once (``OR``);
+- ``text``: the database's full-text search alone (FTS5 bm25), every word first and then
+  without the commonest words, as the service searches; ``text_any_word`` is the baseline
+  of any word at once (``OR``), ``text_without_mmap`` the service's query with SQLite's
+  memory map switched off (its own 2 MB page cache only);
 - ``embed``: the query's embedding alone (the model's share of vector and hybrid);
 - ``vector``: embedding plus the in-memory vector search;
-- ``hybrid``: :meth:`SearchService.find` (text and vector, filters, fusion, cards);
+- ``hybrid``: :meth:`SearchService.find` (text and vector side by side, filters, fusion,
+  cards); ``hybrid_one_after_the_other`` the same steps with text, then vector;
 
 each with the HNSW index the service uses beyond ``search_exact_vectors`` (20,000) and,
 as the baseline, exact numpy search over every vector. Reports p50/p99 in ms and the
@@ -41,12 +44,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from sqlalchemy import text as sql  # noqa: E402
+
 from sluicegate.clock import SystemClock  # noqa: E402
-from sluicegate.engines.store import Store  # noqa: E402
+from sluicegate.engines.store import SQLITE_MMAP_BYTES, Store  # noqa: E402
 from sluicegate.providers.embeddings import MiniLMEmbedder  # noqa: E402
 from sluicegate.services.search.filters import ProductFilters  # noqa: E402
 from sluicegate.services.search.products import parse_products  # noqa: E402
-from sluicegate.services.search.service import SearchService  # noqa: E402
+from sluicegate.services.search.service import SearchService, _Hybrid  # noqa: E402
 from sluicegate.services.search.text import query_terms, text_hits  # noqa: E402
 
 CATEGORIES = {
@@ -187,8 +192,24 @@ async def measure(store: Store, embedder: MiniLMEmbedder, size: int, exact_limit
         vec = (await embedder.embed([query]))[0]
         await service.nearest(index, vec, 50, index.allowed(filters))
 
+    async def text_without_mmap(query: str, filters: ProductFilters | None) -> None:
+        async with store.session() as session:
+            await session.execute(sql("PRAGMA mmap_size=0"))
+            await text_hits(session, 1, "bench", query_terms(query), limit=50, filters=filters, enough=10)
+            await session.execute(sql(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}"))
+
     async def hybrid(query: str, filters: ProductFilters | None) -> None:
         await service.find(1, "bench", query, limit=10, filters=filters)
+
+    async def hybrid_one_after_the_other(query: str, filters: ProductFilters | None) -> None:
+        run = _Hybrid(service, 1, "bench", query, 10, filters, 0.5)
+        try:
+            await run.start()
+            await run.text()
+            await run.vector()
+            await run.rank()
+        finally:
+            run.close()
 
     await hybrid(*items[0])  # warm
     return {
@@ -197,9 +218,11 @@ async def measure(store: Store, embedder: MiniLMEmbedder, size: int, exact_limit
         "graph_build_s": round(graph_build, 2),
         "text": await timed(text, items),
         "text_any_word": await timed(text_any, items),
+        "text_without_mmap": await timed(text_without_mmap, items),
         "embed": await timed(embed, items),
         "vector": await timed(vector, items),
         "hybrid": await timed(hybrid, items),
+        "hybrid_one_after_the_other": await timed(hybrid_one_after_the_other, items),
     }
 
 

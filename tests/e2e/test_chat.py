@@ -21,6 +21,7 @@ import orjson
 import pytest
 import soundfile
 
+from sluicegate.providers.tokencounts import encoding
 from sluicegate.streaming.sse import SSEDecoder
 from tests.server import UNIT
 
@@ -108,7 +109,11 @@ async def test_an_answer_is_grounded_in_the_uploaded_document(server: Server) ->
         response = await client.post(
             "/api/chat/query/stream",
             headers={"X-API-Key": USER},
-            json={"query": "How often should I descale the Zephyr kettle?", "chatbotId": chatbot},
+            json={
+                "query": "How often should I descale the Zephyr kettle?",
+                "chatbotId": chatbot,
+                "tokenCounts": "cl100k_base",
+            },
         )
     assert response.headers["x-ratelimit-limit"] == "1000"  # the streaming_ip group
     events = events_of(response.content)
@@ -136,6 +141,9 @@ async def test_an_answer_is_grounded_in_the_uploaded_document(server: Server) ->
     usage = complete["usage"]
     assert usage["promptTokens"] > 50  # the grounded prompt, not the bare question
     assert 1 <= usage["completionTokens"] <= ANSWER_TOKENS
+    openai = usage["tokenCounts"]["cl100k_base"]  # asked for: OpenAI-compatible counts beside the model's
+    assert openai["completionTokens"] == len(encoding("cl100k_base").encode_ordinary(complete["fullText"]))
+    assert openai["promptTokens"] > 50
     assert complete["duration"] >= 0
     assert complete["historyTurns"] == 0
     suggestions = data_of(events, "suggestions")[0]["suggestions"]
@@ -254,6 +262,7 @@ async def test_a_client_that_leaves_stops_the_model(long_server: Server) -> None
         (b'{"query": "hi", "chatbotId": "b", "audioFormat": "ogg"}', 400, "audioFormat must be one of mp3, wav, opus"),
         (b'{"query": "hi", "chatbotId": "b", "enableTTS": 1}', 400, "enableTTS must be true or false"),
         (b"not json", 400, "Request body must be a JSON object"),
+        (b'{"query": "hi", "chatbotId": "b", "tokenCounts": 1}', 400, "tokenCounts must be a list of encoding names"),
         (b'{"query": "' + b"x" * 70_000 + b'", "chatbotId": "b"}', 413, "The body is over the limit of 65536 bytes"),
     ],
 )

@@ -17,6 +17,7 @@ import httpx
 import orjson
 import pytest
 
+from sluicegate.providers.tokencounts import encoding
 from sluicegate.streaming.sse import SSEDecoder
 from tests.documents import docx_of, pdf_of
 from tests.server import UNIT
@@ -192,6 +193,19 @@ def test_the_same_bytes_again_are_recognised_and_not_stored_twice(server: Server
     assert other["documentId"] != first["documentId"]
 
 
+def test_openai_token_counts_come_beside_the_models_when_asked(server: Server) -> None:
+    text = "The loyalty programme gives one point per euro spent in 2026. Points expire after two years.\n"
+    plain = assert_upload_stream(events(upload(server, text.encode(), chatbot="counts")))
+    assert "tokenCounts" not in plain
+    asked = events(upload(server, text.encode(), chatbot="counts", tokenCounts="cl100k_base"))
+    complete = dict(asked)["complete"]
+    assert complete["duplicate"] is True and complete["documentId"] == plain["documentId"]
+    assert complete["tokens"] == plain["tokens"]  # the embedding model's own count, as stored
+    assert complete["tokenCounts"] == {"cl100k_base": len(encoding("cl100k_base").encode_ordinary(text))}
+    fresh = assert_upload_stream(events(upload(server, MARKDOWN, chatbot="counts", tokenCounts="cl100k_base")))
+    assert fresh["tokenCounts"]["cl100k_base"] > 0 and fresh["tokenCounts"]["cl100k_base"] != fresh["tokens"]
+
+
 def test_an_oversized_file_is_a_413_before_the_stream(server: Server) -> None:
     response = upload(server, b"a" * (MAX_FILE + 1), chatbot="big")
     assert response.status_code == 413, response.text
@@ -227,8 +241,9 @@ def test_a_body_streamed_past_the_limit_without_a_length_is_a_413(server: Server
         ({"chunkSize": "abc"}, "chunkSize"),
         ({"chunkSize": "64", "chunkOverlap": "64"}, "chunkOverlap"),
         ({"chunkOverlap": "-1"}, "chunkOverlap"),
+        ({"tokenCounts": "gpt2"}, "tokenCounts"),
     ],
-    ids=["no-chatbot", "chunk-too-big", "chunk-not-int", "overlap-not-less", "overlap-negative"],
+    ids=["no-chatbot", "chunk-too-big", "chunk-not-int", "overlap-not-less", "overlap-negative", "unknown-encoding"],
 )
 def test_wrong_fields_are_a_400_before_the_stream(server: Server, kwargs: dict[str, Any], message: str) -> None:
     response = upload(server, TEXT, **kwargs)

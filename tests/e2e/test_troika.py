@@ -22,6 +22,7 @@ import orjson
 import pytest
 import soundfile
 
+from sluicegate.providers.tokencounts import encoding
 from sluicegate.streaming.sse import SSEDecoder
 from tests.server import UNIT
 
@@ -84,7 +85,8 @@ async def test_a_product_search_streams_intent_market_cards_and_a_grounded_answe
 ) -> None:
     catalog = f"shop-{uuid.uuid4().hex[:8]}"
     await import_catalog(client, catalog)
-    events = await ask(client, {"query": "show me red lehengas under 50000", "catalog": catalog})
+    body = {"query": "show me red lehengas under 50000", "catalog": catalog, "tokenCounts": ["cl100k_base"]}
+    events = await ask(client, body)
     names = [event for event, _ in events]
     assert names[0] == "connected" and names[-2:] == ["complete", "close"]
     order = [n for n in names if n in ("intent", "market", "results", "text", "suggestions", "complete")]
@@ -116,6 +118,9 @@ async def test_a_product_search_streams_intent_market_cards_and_a_grounded_answe
     assert complete["fullText"] == texts[-1]["fullText"] == "".join(t["token"] for t in texts)
     assert complete["intent"] == "product_search" and complete["products"] == len(results["products"])
     assert complete["usage"]["completionTokens"] <= ANSWER_TOKENS and complete["duration"] >= 0
+    openai = complete["usage"]["tokenCounts"]["cl100k_base"]  # asked for: OpenAI-compatible counts beside the model's
+    assert openai["completionTokens"] == len(encoding("cl100k_base").encode_ordinary(complete["fullText"]))
+    assert openai["promptTokens"] > 50 and openai["totalTokens"] == openai["promptTokens"] + openai["completionTokens"]
     suggestions = only(events, "suggestions")["suggestions"]
     assert suggestions and any(results["products"][0]["name"] in s for s in suggestions)
 
@@ -185,6 +190,7 @@ async def test_tenants_never_see_each_others_catalogs(client: httpx.AsyncClient)
         (b"[1, 2]", "Request body must be a JSON object"),
         (b'{"query": "hi", "audioFormat": "flac"}', "Invalid request"),
         (b'{"query": "hi", "catalog": "../etc"}', "Invalid request"),
+        (b'{"query": "hi", "tokenCounts": ["p50k"]}', "tokenCounts: unknown encoding 'p50k' (known: cl100k_base)"),
     ],
 )
 async def test_bad_requests_are_a_400_before_the_stream(client: httpx.AsyncClient, body: bytes, message: str) -> None:

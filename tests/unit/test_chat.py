@@ -81,6 +81,18 @@ def test_sentences_come_out_as_soon_as_the_next_word_starts() -> None:
     assert got[1][0] <= len("Hello there. How are you? ") + 2
 
 
+def test_the_first_sentence_is_out_with_its_mark_and_later_ones_wait_for_the_next_word() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("Yes") == [] and splitter.feed(" it does") == []
+    assert splitter.feed(".") == ["Yes it does."]  # the model's next token is not waited for
+    assert splitter.feed(" It boils") == [] and splitter.feed(" fast.") == []  # later sentences wait ...
+    assert splitter.feed(" Then") == ["It boils fast."]  # ... for the space of the next word
+    for unfinished in ("It costs 3.", "Ask Dr.", "See e.g.", "Plan B."):
+        first = SentenceSplitter(first_words=0)
+        assert first.feed(unfinished) == [], unfinished  # a number, or an abbreviation, may go on
+    assert SentenceSplitter().feed('Really?!"') == ['Really?!"']
+
+
 def test_numbers_and_abbreviations_do_not_end_a_sentence() -> None:
     text = "Fine. It costs 3.50 dollars e.g. with Dr. Smith's discount. Next one."
     assert [s for _, s in split_stream(text)] == [

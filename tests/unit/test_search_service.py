@@ -79,17 +79,28 @@ async def test_both_databases_match_the_same_products_for_the_same_words(service
         assert not scores or (scores[0] == 1.0 and all(0.0 <= s <= 1.0 for s in scores))
 
 
-async def test_products_with_every_word_are_found_first_and_any_word_when_too_few(service: SearchService) -> None:
-    async def ids(query: str, enough: int | None = None) -> set[str]:
+async def test_products_with_every_word_come_first_then_without_the_commonest_then_any(service: SearchService) -> None:
+    async def ids(query: str, enough: int | None = None) -> list[str]:
         async with service.store.session() as session:
             hits = await text_hits(session, 1, "default", query_terms(query), limit=100, enough=enough)
-        return {card["id"] for card in (await service.cards(pk for pk, _ in hits)).values()}
+        cards = await service.cards(pk for pk, _ in hits)
+        return [cards[pk]["id"] for pk, _ in hits]
 
-    silk, saree = await ids("silk"), await ids("saree")
+    silk, saree = set(await ids("silk")), set(await ids("saree"))
     both = silk & saree
-    assert 2 <= len(both) < len(silk | saree)
-    assert await ids("silk saree", enough=len(both)) == both
-    assert await ids("silk saree", enough=len(both) + 1) == silk | saree
+    rare, common = sorted([("silk", silk), ("saree", saree)], key=lambda word: len(word[1]))
+    assert 2 <= len(both) < len(rare[1]) < len(common[1]) < len(silk | saree)
+    query = f"{common[0]} {rare[0]}"  # the commoner word first: the order of the words does not decide
+    assert set(await ids(query, enough=len(both))) == both
+    # Too few with both words: the commonest is dropped (Meilisearch's "frequency" strategy) ...
+    fewer = await ids(query, enough=len(both) + 1)
+    assert set(fewer[: len(both)]) == both and set(fewer) == rare[1]
+    # ... a word no product has is dropped before any other ...
+    assert await ids(f"{common[0]} zqxwv {rare[0]}", enough=len(both) + 1) == fewer
+    # ... and any word only when the rarest word alone is not enough.
+    anyword = await ids(query, enough=len(rare[1]) + 1)
+    assert set(anyword[: len(both)]) == both and set(anyword[: len(rare[1])]) == rare[1]
+    assert set(anyword) == silk | saree
 
 
 async def test_a_products_own_name_ranks_it_first_with_sane_scores(service: SearchService) -> None:

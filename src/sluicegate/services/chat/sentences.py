@@ -6,7 +6,11 @@ by white space; ``3.5``, ``e.g.`` and ``Dr.`` do not end one. Any segment reachi
 :attr:`~SentenceSplitter.max_chars` is cut at its last space, so speech never waits on a
 model that forgot punctuation. Pure: no I/O, no clock.
 
-So that the first audio comes quickly, the *first* segment is shorter (a deliberate
+So that the first audio comes quickly, the *first* sentence is out as soon as its mark
+arrives (a ``.`` after a word, not after a digit or an abbreviation, at the end of what
+was received), without waiting for the next token's space: one token sooner (30-100 ms
+here), at the price of a seam in the rare first sentence that is not over (``Node.js``).
+And the *first* segment is shorter (a deliberate
 trade of one audible seam for latency: the voice takes about 10 ms per character on a
 busy core, so a 60-character sentence costs ~0.6 s before its first sound, ~3 words
 ~0.15 s): it is cut at a clause mark (``,`` ``;`` ``:`` or a spaced dash) once it is
@@ -24,6 +28,8 @@ import re
 __all__ = ["SentenceSplitter", "speakable"]
 
 _END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
+#: A sentence end as the last thing received, after a letter (``3.`` may become ``3.5``).
+_END_OF_BUFFER = re.compile(r"(?<=[^\W\d_])[.!?…]+[\"')\]]*$")
 _CLAUSE = re.compile(r"[,;:]\s|\s[\u2013\u2014-]\s")  # comma, semicolon, colon, or a spaced dash
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "vs", "e.g", "i.e", "etc", "no", "fig", "approx"})
 _CITATION = re.compile(r"\[(?:source\s*)?\d+(?:\s*,\s*\d+)*\]", re.IGNORECASE)
@@ -85,6 +91,9 @@ class SentenceSplitter:
             if match.group().startswith("\n") or not self._abbreviation(buffer, match.start()):
                 return match.end()
         if self.emitted == 0:
+            end = _END_OF_BUFFER.search(buffer)
+            if end is not None and not self._abbreviation(buffer, end.start()):
+                return end.end()
             first = self._first_cut(buffer)
             if first is not None:
                 return first

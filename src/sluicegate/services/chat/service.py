@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import orjson
 
 from sluicegate.errors import APIError
+from sluicegate.providers.tokencounts import TokenCountError, parse_token_counts, usage_counts
 from sluicegate.providers.tts import AUDIO_FORMATS
 from sluicegate.services.chat.answer import AnswerStreamer
 from sluicegate.services.chat.memory import ChatMemory
@@ -68,6 +69,8 @@ class ChatRequest:
     session_id: str | None = None
     enable_tts: bool = False
     audio_format: AudioFormat = "mp3"
+    #: Encodings ``usage.tokenCounts`` is counted in (``tokenCounts``).
+    token_counts: tuple[str, ...] = ()
 
 
 def _text_field(body: dict[str, Any], name: str, *, required: bool, limit: int) -> str | None:
@@ -108,7 +111,25 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if audio_format not in AUDIO_FORMATS:
         raise APIError.invalid_argument(f"audioFormat must be one of {', '.join(AUDIO_FORMATS)}")
     assert query is not None and chatbot_id is not None  # noqa: S101 -- required above
-    return ChatRequest(query, chatbot_id, session_id, enable_tts, cast("AudioFormat", audio_format))
+    encodings = parse_token_counts(value.get("tokenCounts"))
+    return ChatRequest(query, chatbot_id, session_id, enable_tts, cast("AudioFormat", audio_format), encodings)
+
+
+async def with_token_counts(
+    usage: dict[str, Any], encodings: tuple[str, ...], prompt: str, completion: str
+) -> dict[str, Any]:
+    """``usage`` with ``tokenCounts`` in the asked encodings (of the prompt as built, without
+    the model's chat template, and of the answer); ``usage`` itself when none was asked.
+
+    Raises:
+        APIError: 503 when an encoding cannot be loaded.
+    """
+    if not encodings:
+        return usage
+    try:
+        return {**usage, "tokenCounts": await usage_counts(encodings, prompt, completion)}
+    except TokenCountError as exc:
+        raise APIError.unavailable(f"Token counts are unavailable: {exc}") from None
 
 
 class ChatService:
@@ -181,7 +202,7 @@ class ChatService:
         complete: dict[str, Any] = {
             "fullText": run.text,
             "sources": source_dicts(prompt.chunks),
-            "usage": run.usage,
+            "usage": await with_token_counts(run.usage, request.token_counts, prompt.text, run.text),
             "sessionId": request.session_id,
             "historyTurns": len(prompt.turns),
             "audioChunks": run.audio_chunks,

@@ -101,7 +101,8 @@ class ContextRoutes:
             responses={200: {"content": {"text/event-stream": {}}}},
         )
         async def upload(request: Request, response: Response, identity: AnyIdentity) -> Response:
-            """Multipart ``file`` and ``chatbotId`` (``chunkSize``, ``chunkOverlap`` in tokens optional);
+            """Multipart ``file`` and ``chatbotId`` (``chunkSize``, ``chunkOverlap`` in tokens and
+            ``tokenCounts`` (``cl100k_base``) optional);
             ``progress`` steps ``validation``, ``extraction``, ``chunking``, ``embedding``, ``storing``,
             then ``complete`` with the ``documentId`` (``duplicate: true`` for content already uploaded)."""
             form = await read_form(request, service.max_file_bytes)
@@ -115,6 +116,7 @@ class ContextRoutes:
                     data=data,
                     chunk_size=_text(form, "chunkSize"),
                     chunk_overlap=_text(form, "chunkOverlap"),
+                    token_counts=_text(form, "tokenCounts"),
                 )
             finally:
                 with contextlib.suppress(Exception):

@@ -29,6 +29,7 @@ from sqlalchemy import delete, insert, select
 
 from sluicegate.engines.store import StoreConflict
 from sluicegate.errors import APIError
+from sluicegate.providers.tokencounts import TokenCountError, count_tokens, parse_token_counts
 from sluicegate.services.context.chunking import Chunk, chunk_text
 from sluicegate.services.context.extract import Extracted, extract
 from sluicegate.services.context.index import ChatbotIndexes, RetrievedChunk
@@ -70,6 +71,8 @@ class UploadRequest:
     data: bytes
     chunk_tokens: int
     chunk_overlap: int
+    #: Encodings to count the document's text in besides the model's (``tokenCounts``).
+    token_counts: tuple[str, ...] = ()
 
 
 def _document(row: ContextDocumentRow) -> dict[str, Any]:
@@ -130,6 +133,7 @@ class ContextService:
         data: bytes | None,
         chunk_size: str | None = None,
         chunk_overlap: str | None = None,
+        token_counts: str | None = None,
     ) -> UploadRequest:
         """The upload the form fields describe.
 
@@ -165,7 +169,8 @@ class ContextService:
                 "chunkOverlap must be at least 0 and less than chunkSize", field="chunkOverlap"
             )
         name = (file_name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()[:255] or "upload"
-        return UploadRequest(tenant, chatbot, name, data, size, overlap)
+        encodings = parse_token_counts(token_counts)
+        return UploadRequest(tenant, chatbot, name, data, size, overlap, encodings)
 
     @staticmethod
     def _tokens_field(name: str, value: str | None, default: int) -> int:
@@ -196,10 +201,14 @@ class ContextService:
             percent=_PERCENT["validation"],
         )
         existing = await self._by_hash(request, digest)
-        if existing is not None:
+        if existing is not None and not request.token_counts:
             yield "complete", self._complete(existing, duplicate=True)
             return
         extracted = await asyncio.to_thread(extract, request.data, sniffed.kind, sniffed.text)
+        counts = await self._token_counts(request, extracted.text)
+        if existing is not None:  # the same bytes again: counted (they were asked for), not stored twice
+            yield "complete", self._complete(existing, duplicate=True, counts=counts)
+            return
         pages = f" from {extracted.pages} pages" if extracted.pages is not None else ""
         yield progress(
             "extraction",
@@ -252,9 +261,19 @@ class ContextService:
             existing = await self._by_hash(request, digest)  # another upload of the same bytes won the race
             if existing is None:
                 raise
-            yield "complete", self._complete(existing, duplicate=True)
+            yield "complete", self._complete(existing, duplicate=True, counts=counts)
             return
-        yield "complete", self._complete(row, duplicate=False)
+        yield "complete", self._complete(row, duplicate=False, counts=counts)
+
+    @staticmethod
+    async def _token_counts(request: UploadRequest, text: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name in request.token_counts:
+            try:
+                counts[name] = (await count_tokens(name, [text]))[0]
+            except TokenCountError as exc:
+                raise APIError.unavailable(f"{name} token counts are unavailable: {exc}") from None
+        return counts
 
     def _chunk(self, extracted: Extracted, request: UploadRequest) -> tuple[list[Chunk], int]:
         chunks = chunk_text(
@@ -268,8 +287,8 @@ class ContextService:
         return chunks, self.embedder.count_tokens(extracted.text)
 
     @staticmethod
-    def _complete(row: ContextDocumentRow, *, duplicate: bool) -> dict[str, Any]:
-        return {
+    def _complete(row: ContextDocumentRow, *, duplicate: bool, counts: dict[str, int] | None = None) -> dict[str, Any]:
+        complete = {
             "documentId": row.id,
             "chatbotId": row.chatbot_id,
             "fileName": row.file_name,
@@ -280,6 +299,9 @@ class ContextService:
             "pages": row.pages,
             "duplicate": duplicate,
         }
+        if counts:
+            complete["tokenCounts"] = counts
+        return complete
 
     async def _by_hash(self, request: UploadRequest, digest: str) -> ContextDocumentRow | None:
         async with self.store.session() as session:

@@ -110,7 +110,8 @@ class SearchOutcome:
 
 @dataclass(slots=True)
 class _Hybrid:
-    """One hybrid search, step by step (the stream reports each step)."""
+    """One hybrid search, step by step (the stream reports each step; text and vector search
+    run side by side)."""
 
     service: SearchService
     tenant: int
@@ -169,6 +170,17 @@ class _Hybrid:
             self.query_vector = (await self.embedding)[0]
         self.vectors = await self.service.nearest(self.index, self.query_vector, self.candidates, self.mask)
         return len(self.vectors)
+
+    async def text_and_vector(self) -> tuple[int, int]:
+        """:meth:`text` and :meth:`vector` at once (the database's thread and the model's or
+        the vector search's run side by side): the number of hits of each."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                texts = group.create_task(self.text())
+                vectors = group.create_task(self.vector())
+        except BaseExceptionGroup as failed:  # the first failure, as a sequential search raises it
+            raise failed.exceptions[0] from None
+        return texts.result(), vectors.result()
 
     async def rank(self) -> SearchOutcome:
         assert self.index is not None and self.query_vector is not None  # noqa: S101 -- vector() ran
@@ -460,8 +472,7 @@ class SearchService:
         )
         try:
             await run.start()
-            await run.text()
-            await run.vector()
+            await run.text_and_vector()
             return await run.rank()
         finally:
             run.close()
@@ -480,10 +491,9 @@ class SearchService:
         run = _Hybrid(self, tenant, catalog, query, min(limit, self.max_limit), filters, semantic_ratio)
         try:
             await run.start()
-            found = await run.text()
-            yield progress("text_search", f"Text search found {found} results", found)
-            found = await run.vector()
-            yield progress("vector_search", f"Vector search found {found} results", found)
+            texts, vectors = await run.text_and_vector()
+            yield progress("text_search", f"Text search found {texts} results", texts)
+            yield progress("vector_search", f"Vector search found {vectors} results", vectors)
             yield progress("filters", f"{run.filtered} products pass the filters", run.filtered)
             outcome = await run.rank()
             yield progress("ranking", f"Ranked {outcome.total} results by reciprocal rank fusion", outcome.total)

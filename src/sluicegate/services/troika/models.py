@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluicegate.errors import APIError, invalid_fields
+from sluicegate.providers.tokencounts import parse_token_counts
 
 __all__ = ["AgentRequest", "parse_agent_request"]
 
@@ -24,6 +25,12 @@ class AgentRequest(BaseModel):
     chatbotId: str | None = Field(None, pattern=NAME)
     enableTTS: bool = False
     audioFormat: Literal["mp3", "wav", "opus"] = "mp3"
+    tokenCounts: list[str] | str | None = None
+
+    @property
+    def encodings(self) -> tuple[str, ...]:
+        """The encodings ``usage.tokenCounts`` is counted in (``tokenCounts``)."""
+        return parse_token_counts(self.tokenCounts)
 
 
 def parse_agent_request(body: bytes) -> AgentRequest:
@@ -46,4 +53,5 @@ def parse_agent_request(body: bytes) -> AgentRequest:
         raise invalid_fields(errors) from None
     if not request.query.strip():
         raise APIError.invalid_argument("Query is required")
+    request.encodings  # noqa: B018 -- refuses an unknown encoding before the stream
     return request

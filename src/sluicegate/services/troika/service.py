@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sluicegate.services.chat.prompt import source_dicts
+from sluicegate.services.chat.service import with_token_counts
 from sluicegate.services.search.filters import ProductFilters
 from sluicegate.services.troika.entities import Entities, extract_entities
 from sluicegate.services.troika.intents import IntentClassifier
@@ -170,7 +171,7 @@ class TroikaService:
             "intent": guess.intent,
             "products": len(products),
             "sources": source_dicts(chunks),
-            "usage": run.usage,
+            "usage": await with_token_counts(run.usage, request.encodings, prompt, run.text),
             "sessionId": request.sessionId,
             "historyTurns": len(history),
             "audioChunks": run.audio_chunks,
