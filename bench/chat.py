@@ -11,7 +11,10 @@ the client from the request's start:
 - ``speech_gap_ms``: the first ``audio`` event less the arrival of the ``text`` event
   that completed its sentence (the first whose ``fullText`` holds it): how long the
   client waits for a sentence's speech once it has its text. The issue's goal is under
-  300 ms.
+  300 ms;
+- ``next_text_wait_ms``: the arrival of the ``text`` event after that one, less its own:
+  what a splitter that waits for the next token's space (the code before the first
+  sentence was cut at its own mark) adds to the gap, measured in the same run.
 
 The first speech query of a server without ``SLUICEGATE_TTS_PRELOAD`` waits for the voice
 to load; it is reported apart (``cold``), and a second server with preload shows what
@@ -89,9 +92,13 @@ async def timed_query(client: httpx.AsyncClient, question: str, tts: bool, fmt: 
     result: dict[str, Any] = {"first_text_ms": texts[0][0] if texts else None}
     if first_audio is not None:
         at, sentence = first_audio
-        completed = next((t for t, full in texts if sentence in full), None)
+        position = next((n for n, (_, full) in enumerate(texts) if sentence in full), None)
+        completed = texts[position][0] if position is not None else None
         result["first_audio_ms"] = at
         result["speech_gap_ms"] = at - completed if completed is not None else None
+        if position is not None and position + 1 < len(texts):
+            # What a splitter that waits for the next token's space would have waited on top.
+            result["next_text_wait_ms"] = texts[position + 1][0] - texts[position][0]
     return result
 
 
@@ -102,7 +109,13 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def run_server(
-    gguf: str | None, queries: int, fmt: str, tokens: int, preload: bool, llm_threads: int | None
+    gguf: str | None,
+    queries: int,
+    fmt: str,
+    tokens: int,
+    preload: bool,
+    llm_threads: int | None,
+    tts_threads: int | None = None,
 ) -> dict[str, Any]:
     env = {
         "SLUICEGATE_API_KEYS": f"{KEY}:user",
@@ -116,6 +129,8 @@ async def run_server(
         env["SLUICEGATE_LLM_MODEL_PATH"] = gguf
     if llm_threads:
         env["SLUICEGATE_LLM_THREADS"] = str(llm_threads)
+    if tts_threads:
+        env["SLUICEGATE_TTS_THREADS"] = str(tts_threads)
     with tempfile.TemporaryDirectory() as data_dir:
         server = start_server(None, Path(data_dir), env)
         try:
@@ -139,6 +154,7 @@ async def run_server(
         finally:
             server.stop()
     gaps = [q["speech_gap_ms"] for q in spoken if q.get("speech_gap_ms") is not None]
+    waits = [q["next_text_wait_ms"] for q in spoken if q.get("next_text_wait_ms") is not None]
     return {
         "cold_first_speech_query": {k: round(v, 1) for k, v in cold.items() if v is not None},
         "baseline_first_text_ms": summary([q["first_text_ms"] for q in plain if q["first_text_ms"] is not None]),
@@ -146,6 +162,7 @@ async def run_server(
         "tts_first_audio_ms": summary([q["first_audio_ms"] for q in spoken if "first_audio_ms" in q]),
         "speech_gap_ms": summary(gaps) if gaps else None,
         "speech_gap_under_300ms": sum(1 for g in gaps if g < 300),
+        "next_text_wait_ms": summary(waits) if waits else None,
     }
 
 
@@ -156,10 +173,12 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=48, help="SLUICEGATE_CHAT_MAX_OUTPUT_TOKENS")
     parser.add_argument("--model-path", default=None, help="a GGUF instead of the packaged model")
     parser.add_argument("--llm-threads", type=int, default=None, help="SLUICEGATE_LLM_THREADS (default: llama.cpp's)")
+    parser.add_argument("--tts-threads", type=int, default=None, help="SLUICEGATE_TTS_THREADS (default: the setting's)")
     args = parser.parse_args()
     model, fmt, tokens = args.model_path, args.format, args.tokens
-    lazy = await run_server(model, args.queries, fmt, tokens, preload=False, llm_threads=args.llm_threads)
-    preloaded = await run_server(model, 1, fmt, tokens, preload=True, llm_threads=args.llm_threads)
+    threads = {"llm_threads": args.llm_threads, "tts_threads": args.tts_threads}
+    lazy = await run_server(model, args.queries, fmt, tokens, preload=False, **threads)
+    preloaded = await run_server(model, 1, fmt, tokens, preload=True, **threads)
     print(
         json.dumps(
             {
@@ -169,6 +188,7 @@ async def main() -> None:
                 "max_output_tokens": args.tokens,
                 "queries": args.queries,
                 "llm_threads": args.llm_threads,
+                "tts_threads": args.tts_threads,
                 "load_average_1m": round(os.getloadavg()[0], 2),
                 "voice_loaded_on_first_use": lazy,
                 "voice_preloaded_cold_query": preloaded["cold_first_speech_query"],

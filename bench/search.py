@@ -204,10 +204,11 @@ async def measure(store: Store, embedder: MiniLMEmbedder, size: int, exact_limit
     async def hybrid_one_after_the_other(query: str, filters: ProductFilters | None) -> None:
         run = _Hybrid(service, 1, "bench", query, 10, filters, 0.5)
         try:
-            await run.start()
-            await run.text()
-            await run.vector()
-            await run.rank()
+            async with store.session() as session:
+                await run.start(session)
+                await run.text()
+                await run.vector()
+                await run.rank()
         finally:
             run.close()
 

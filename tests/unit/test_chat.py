@@ -108,12 +108,14 @@ def test_a_long_first_sentence_is_cut_early_and_later_ones_are_not() -> None:
         "After that, repairs are charged at cost, with a fixed fee for each visit by our engineers."
     )
     segments = [s for _, s in split_stream(text)]
-    assert segments[0] == "Yes, the warranty covers every part,"  # at a clause once 24 characters long
-    assert segments[1] == "for two full years."
+    assert segments[0] == "Yes, the warranty covers"  # four words, before any clause mark past 12 characters
+    assert segments[1] == "every part, for two full years."
     assert segments[2].startswith("After that, repairs")  # whole: only the first is cut early
-    # Without a clause mark, the first segment ends after six words.
+    by_clause = [s for _, s in split_stream(text, first_words=6)]
+    assert by_clause[:2] == ["Yes, the warranty covers every part,", "for two full years."]  # a clause, once 24 long
+    # Without a clause mark, the first segment ends after four words.
     unpunctuated = [s for _, s in split_stream("The Zephyr kettle boils one litre of water in ninety seconds. Done.")]
-    assert unpunctuated == ["The Zephyr kettle boils one litre", "of water in ninety seconds.", "Done."]
+    assert unpunctuated == ["The Zephyr kettle boils", "one litre of water in ninety seconds.", "Done."]
     assert [s for _, s in split_stream("Short, then more words follow here.", first_words=0)] == [
         "Short, then more words follow here."  # "Short," is under 12 characters: no cut
     ]

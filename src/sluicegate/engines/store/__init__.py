@@ -154,7 +154,9 @@ class Store:
                     await asyncio.to_thread(_make_wal, path)
                 except sqlite3.Error as exc:
                     raise ConfigurationError(f"SLUICEGATE_DATABASE_URL: cannot open the database ({exc})") from None
-        engine = create_async_engine(self.url, pool_pre_ping=True)
+        # A pooled PostgreSQL connection can die with its server; a SQLite file cannot: pinging
+        # it before every checkout would cost each transaction a statement for nothing.
+        engine = create_async_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"))
         if self.url.startswith("sqlite"):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:

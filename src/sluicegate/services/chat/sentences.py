@@ -56,7 +56,7 @@ class SentenceSplitter:
     """
 
     def __init__(
-        self, *, first_clause_chars: int = 24, min_clause_chars: int = 12, first_words: int = 6, max_chars: int = 300
+        self, *, first_clause_chars: int = 24, min_clause_chars: int = 12, first_words: int = 4, max_chars: int = 300
     ) -> None:
         self.first_clause_chars = first_clause_chars
         self.min_clause_chars = min_clause_chars

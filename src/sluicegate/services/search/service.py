@@ -128,11 +128,15 @@ class _Hybrid:
     query_vector: npt.NDArray[np.float32] | None = None
     #: The query's embedding when the caller has it already (the sales agent embeds a message once).
     given_vector: npt.NDArray[np.float32] | None = None
+    #: The one transaction of the search's statements (the version, the text hits, the cards):
+    #: each transaction costs a pool checkout and a commit, about 1 ms on SQLite.
+    session: AsyncSession | None = None
 
-    async def start(self) -> None:
+    async def start(self, session: AsyncSession) -> None:
+        self.session = session
         if self.given_vector is None:
             self.embedding = asyncio.create_task(self.service.embedder.embed([self.query]))
-        self.index = await self.service.fresh_index(self.tenant, self.catalog)
+        self.index = await self.service.fresh_index(self.tenant, self.catalog, session=session)
         async with self.index.lock:
             self.mask = self.index.allowed(self.filters)
 
@@ -153,10 +157,10 @@ class _Hybrid:
         assert self.index is not None and self.mask is not None  # noqa: S101 -- start() made them
         fetch = self.candidates * (4 if self.filters and (self.filters.size or self.filters.color) else 1)
         terms = query_terms(self.query)
-        async with self.service.store.session() as session:
-            hits = await text_hits(
-                session, self.tenant, self.catalog, terms, limit=fetch, filters=self.filters, enough=self.limit
-            )
+        assert self.session is not None  # noqa: S101 -- start() set it
+        hits = await text_hits(
+            self.session, self.tenant, self.catalog, terms, limit=fetch, filters=self.filters, enough=self.limit
+        )
         index, mask = self.index, self.mask
         self.texts = [(pk, score) for pk, score in hits if _passes(index, pk, mask)][: self.candidates]
         return len(self.texts)
@@ -198,7 +202,7 @@ class _Hybrid:
                     for pk, cos in zip(missing, self.index.vectors.cosines(self.query_vector, missing), strict=True)
                     if cos is not None
                 )
-        cards = await self.service.cards(pk for pk, _ in fused)
+        cards = await self.service.cards((pk for pk, _ in fused), session=self.session)
         products = []
         for pk, score in fused:
             card = cards.get(pk)
@@ -368,21 +372,22 @@ class SearchService:
             total = await self._count(session, tenant, catalog)
         return {"catalog": catalog, "products": products, "total": total, "limit": limit, "offset": offset}
 
-    async def cards(self, pks: Any) -> dict[int, dict[str, Any]]:
-        """The stored products of these primary keys (live ones), by key."""
+    async def cards(self, pks: Any, *, session: AsyncSession | None = None) -> dict[int, dict[str, Any]]:
+        """The stored products of these primary keys (live ones), by key (in ``session`` when given)."""
         keys = list(pks)
         if not keys:
             return {}
-        async with self.store.session() as session:
-            rows = await session.execute(
-                select(ProductRow.pk, ProductRow.data).where(ProductRow.pk.in_(keys), ProductRow.deleted.is_(False))
-            )
-            return {int(row.pk): dict(row.data) for row in rows}
+        query = select(ProductRow.pk, ProductRow.data).where(ProductRow.pk.in_(keys), ProductRow.deleted.is_(False))
+        if session is not None:
+            return {int(row.pk): dict(row.data) for row in await session.execute(query)}
+        async with self.store.session() as own:
+            return {int(row.pk): dict(row.data) for row in await own.execute(query)}
 
     # -- the in-memory indexes -----------------------------------------------------------
 
-    async def fresh_index(self, tenant: int, catalog: str) -> CatalogIndex:
-        """The catalog's in-memory index, first brought up to the database's version."""
+    async def fresh_index(self, tenant: int, catalog: str, *, session: AsyncSession | None = None) -> CatalogIndex:
+        """The catalog's in-memory index, first brought up to the database's version (read in
+        ``session`` when given)."""
         key = (tenant, catalog)
         index = self._indexes.get(key)
         if index is None:
@@ -390,8 +395,11 @@ class SearchService:
             while len(self._indexes) > self.max_catalogs:
                 self._indexes.popitem(last=False)
         self._indexes.move_to_end(key)
-        async with self.store.session() as session:
+        if session is not None:
             version = await read_version(session, tenant, KIND, catalog)
+        else:
+            async with self.store.session() as own:
+                version = await read_version(own, tenant, KIND, catalog)
         if version <= index.seq:
             return index
         async with index.lock:
@@ -471,9 +479,10 @@ class SearchService:
             self, tenant, catalog, query, min(limit, self.max_limit), filters, semantic_ratio, given_vector=vector
         )
         try:
-            await run.start()
-            await run.text_and_vector()
-            return await run.rank()
+            async with self.store.session() as session:
+                await run.start(session)
+                await run.text_and_vector()
+                return await run.rank()
         finally:
             run.close()
 
@@ -490,12 +499,13 @@ class SearchService:
         """:meth:`find`, step by step, as the stream's ``progress``, ``results`` and ``complete`` events."""
         run = _Hybrid(self, tenant, catalog, query, min(limit, self.max_limit), filters, semantic_ratio)
         try:
-            await run.start()
-            texts, vectors = await run.text_and_vector()
+            async with self.store.session() as session:
+                await run.start(session)
+                texts, vectors = await run.text_and_vector()
+                outcome = await run.rank()
             yield progress("text_search", f"Text search found {texts} results", texts)
             yield progress("vector_search", f"Vector search found {vectors} results", vectors)
             yield progress("filters", f"{run.filtered} products pass the filters", run.filtered)
-            outcome = await run.rank()
             yield progress("ranking", f"Ranked {outcome.total} results by reciprocal rank fusion", outcome.total)
             yield "results", {"type": "product_cards", "products": outcome.products, "total": outcome.total}
             yield (
