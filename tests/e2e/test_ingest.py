@@ -537,6 +537,49 @@ async def test_audio_buffers_are_checked_accepted_and_stored(server: Server) -> 
     assert read_back == good
 
 
+async def test_media_sessions_take_the_seeds_configuration_and_refuse_bad_fields(server: Server) -> None:
+    async with client_for(server, 7) as client:
+        video = await start(
+            client,
+            "video",
+            frameExtractionMode="scene-changes",
+            sceneThreshold=0.45,
+            resolution={"width": 640, "height": 360},
+            compressionQuality=70,
+        )
+        audio = await start(client, "audio", segmentationMode="speech-detection", maxSegmentDurationMs=8000)
+        telemetry = await start(client, frameExtractionMode="keyframes")  # another type's fields: ignored
+        refused = {
+            field: await client.post(f"{API}/sessions/start", json={"sessionType": kind, field: value})
+            for kind, field, value in (
+                ("video", "frameExtractionMode", "every-other"),
+                ("video", "compressionQuality", 101),
+                ("video", "sceneThreshold", "high"),
+                ("audio", "segmentationMode", "vibes"),
+                ("audio", "silenceThresholdDb", 3),
+                ("audio", "minSegmentDurationMs", 0),
+            )
+        }
+    assert video["video"] == {
+        "frameExtractionMode": "scene-changes",
+        "frameInterval": 30,
+        "frameRateFps": None,
+        "resolution": {"width": 640, "height": 360},
+        "compressionQuality": 70,
+        "sceneThreshold": 0.45,
+    }
+    assert audio["audio"] == {
+        "segmentationMode": "speech-detection",
+        "silenceThresholdDb": -40.0,
+        "minSegmentDurationMs": 1000,
+        "maxSegmentDurationMs": 8000,
+    }
+    assert "video" not in telemetry and "audio" not in telemetry and "video" not in audio
+    for field, response in refused.items():
+        assert response.status_code == 400, (field, response.text)
+        assert field in response.json()["error"] and response.json()["field"] == field
+
+
 # -- 6. the seed's errors ------------------------------------------------------------------
 
 

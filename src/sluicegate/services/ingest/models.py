@@ -152,6 +152,18 @@ class StartRequest(BaseModel):
     retryBackoffMultiplier: float = Field(2.0, ge=1.0, le=10.0)
     schemaName: str | None = Field(None, max_length=200)
     tenantId: int | None = None
+    # The second seed's media fields: checked by sluicegate.services.media.config (its
+    # 400s name the field), so any JSON value is let through here.
+    frameExtractionMode: Any = None
+    frameInterval: Any = None
+    frameRateFps: Any = None
+    resolution: Any = None
+    compressionQuality: Any = None
+    sceneThreshold: Any = None
+    segmentationMode: Any = None
+    silenceThresholdDb: Any = None
+    minSegmentDurationMs: Any = None
+    maxSegmentDurationMs: Any = None
 
 
 class EndRequest(BaseModel):

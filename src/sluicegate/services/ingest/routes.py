@@ -231,6 +231,7 @@ class IngestRoutes:
         async def start_session(body: StartRequest, identity: AnyIdentity, request: Request) -> dict[str, Any]:
             """Create a session (and its job); answers the seed's URLs, built from this request's base URL."""
             row = await service.start(identity, body)
+            media = {kind: row.config[kind] for kind in ("video", "audio") if kind in row.config}
             return {
                 "sessionId": row.id,
                 "jobId": row.job_id,
@@ -238,6 +239,7 @@ class IngestRoutes:
                 "sessionName": row.session_name,
                 "status": row.state,
                 "createdAt": iso(row.created_at),
+                **media,
                 **_urls(request, row.id),
             }
 

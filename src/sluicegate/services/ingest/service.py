@@ -55,6 +55,7 @@ from sluicegate.services.ingest.models import (
 from sluicegate.services.ingest.processor import IngestProcessor, log_name
 from sluicegate.services.ingest.schemas import schema_definition
 from sluicegate.services.ingest.uploads import Uploads
+from sluicegate.services.media.config import AUDIO_FIELDS, VIDEO_FIELDS, parse_audio_config, parse_video_config
 from sluicegate.services.notify import wait_until, wakeups
 from sluicegate.services.processing import Processors
 
@@ -68,9 +69,29 @@ if TYPE_CHECKING:
     from sluicegate.security.identity import Identity
     from sluicegate.services.processing import Lease
 
-__all__ = ["IngestConfig", "IngestService", "SessionInfo", "SessionView", "iso"]
+__all__ = ["IngestConfig", "IngestService", "SessionInfo", "SessionView", "iso", "media_config"]
 
 log = logging.getLogger("sluicegate.ingest")
+
+#: Start fields that are not the session's batch configuration (the media ones are kept checked, apart).
+_NOT_CONFIG = {"sessionType", "sessionName", "metadata", "tenantId", *VIDEO_FIELDS, *AUDIO_FIELDS}
+
+
+def media_config(body: StartRequest) -> dict[str, Any]:
+    """``{"video": {...}}`` or ``{"audio": {...}}``: the session type's media fields checked, with
+    their defaults, under the seed's names (docs/media.md); ``{}`` for telemetry. Fields of the
+    other media type are ignored.
+
+    Raises:
+        APIError: 400 naming the field, for an unknown mode or a value out of range.
+    """
+    fields = body.model_dump(include={*VIDEO_FIELDS, *AUDIO_FIELDS}, exclude_none=True)
+    if body.sessionType == SessionType.VIDEO:
+        return {"video": parse_video_config(fields).as_fields()}
+    if body.sessionType == SessionType.AUDIO:
+        return {"audio": parse_audio_config(fields).as_fields()}
+    return {}
+
 
 #: Sessions whose unchanging facts a node remembers.
 INFO_CACHE_SIZE = 10_000
@@ -401,6 +422,7 @@ class IngestService:
         """
         if body.tenantId is not None and body.tenantId != identity.tenant:
             raise APIError.permission_denied("tenantId does not match the token's tenant")
+        media_config(body)  # a bad media field is a 400 before anything is created
         if body.schemaName is not None:
             if body.sessionType != SessionType.TELEMETRY:
                 raise APIError.invalid_argument("Schemas apply to telemetry sessions only")
@@ -415,7 +437,7 @@ class IngestService:
             session_type=body.sessionType.value,
             session_name=body.sessionName or f"{body.sessionType.value} session {iso(now)}",
             metadata_=body.metadata,
-            config=body.model_dump(exclude={"sessionType", "sessionName", "metadata", "tenantId"}),
+            config={**body.model_dump(exclude=_NOT_CONFIG), **media_config(body)},
             state=SessionState.ACTIVE.value,  # initializing is over once the row and the log exist
             created_at=now,
             last_activity_at=now,

@@ -101,6 +101,18 @@ class VideoConfig:
     compression_quality: int = 85
     scene_threshold: float = 0.3
 
+    def as_fields(self) -> dict[str, Any]:
+        """The configuration under the seed's field names (what :func:`parse_video_config` reads)."""
+        size = self.resolution
+        return {
+            "frameExtractionMode": self.mode,
+            "frameInterval": self.frame_interval,
+            "frameRateFps": self.frame_rate_fps,
+            "resolution": None if size is None else {"width": size.width, "height": size.height},
+            "compressionQuality": self.compression_quality,
+            "sceneThreshold": self.scene_threshold,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class AudioConfig:
@@ -120,6 +132,15 @@ class AudioConfig:
     silence_threshold_db: float = -40.0
     min_segment_ms: int = 1_000
     max_segment_ms: int = 30_000
+
+    def as_fields(self) -> dict[str, Any]:
+        """The configuration under the seed's field names (what :func:`parse_audio_config` reads)."""
+        return {
+            "segmentationMode": self.mode,
+            "silenceThresholdDb": self.silence_threshold_db,
+            "minSegmentDurationMs": self.min_segment_ms,
+            "maxSegmentDurationMs": self.max_segment_ms,
+        }
 
 
 def parse_video_config(body: Mapping[str, Any]) -> VideoConfig:

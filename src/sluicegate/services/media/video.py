@@ -72,6 +72,9 @@ _LEVELS = 4
 _QSCALE_BEST, _QSCALE_WORST = 2, 31
 #: Slack when comparing a frame's time with the rate cap's grid (float ms).
 _GRID_SLACK_MS = 0.5
+#: FFmpeg's threading: frame threads where there are cores to spare; on two cores they
+#: measured 0.8 times the default's decoding rate (H.264 at 640x360, docs/performance.md).
+_THREAD_TYPE = "AUTO" if (os.cpu_count() or 1) > 2 else "SLICE"
 
 Source = str | os.PathLike[str] | BinaryIO
 
@@ -216,7 +219,7 @@ def _all_frames(
     container: av.container.InputContainer, stream: VideoStream, progress: _DecodeProgress
 ) -> Iterator[tuple[VideoFrame, int, bool]]:
     """Every frame, decoded, in presentation order, with its number and key-frame flag."""
-    stream.thread_type = "AUTO"
+    stream.thread_type = _THREAD_TYPE
     number = 0
     for packet in container.demux(stream):
         progress.packets += packet.size > 0
@@ -231,7 +234,7 @@ def _key_frames(
 ) -> Iterator[tuple[VideoFrame, int, bool]]:
     """The key frames only: other packets are counted but never reach the decoder."""
     stream.codec_context.skip_frame = "NONKEY"
-    stream.thread_type = "AUTO"
+    stream.thread_type = _THREAD_TYPE
     waiting: deque[int] = deque()  # packet numbers of key packets sent, awaiting their frame
     number = 0
     for packet in container.demux(stream):
