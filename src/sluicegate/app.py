@@ -289,6 +289,18 @@ def _health_router(engines: list[Engine], metrics: Metrics) -> APIRouter:
     return router
 
 
+def _api_keys(settings: Settings) -> ApiKeyStore:
+    """The configured keys; a warning naming the settings when there are none (every request
+    without a token would be a 401, with nothing to say why)."""
+    keys = ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file)
+    if not len(keys):
+        log.warning(
+            "No API keys are configured (SLUICEGATE_API_KEYS or SLUICEGATE_API_KEYS_FILE): every request is "
+            "refused with 401 unless it carries a token made by 'sluicegate token create'"
+        )
+    return keys
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -432,7 +444,7 @@ def create_app(
         ModelEngine("speech", synthesizer),
     ]
     tokens = TokenService(secret, clock=clock)
-    gateway = GatewayAuthenticator(ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file), tokens)
+    gateway = GatewayAuthenticator(_api_keys(settings), tokens)
     stream_config = StreamConfig(
         heartbeat_interval=settings.sse_heartbeat_seconds or None,
         retry_ms=settings.sse_retry_ms,

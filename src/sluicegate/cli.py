@@ -15,9 +15,12 @@ import re
 import shutil
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 import sluicegate
+from sluicegate.errors import ConfigurationError
 from sluicegate.observability.logs import logging_config
 from sluicegate.settings import Settings
 
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-DEFAULT_APP = "sluicegate.app:create_app"
+DEFAULT_APP = "sluicegate.cli:create_app_or_exit"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,6 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # The database first, here: unreachable, it is one line and status 2 rather than an
+    # application start-up that fails with a traceback (its migration is then done once).
+    _check_database(settings)
     # The workers read their settings again: they must know that they have siblings.
     os.environ["SLUICEGATE_WORKERS"] = str(workers)
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -137,12 +143,52 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status (2, with one line on stderr, for a bad setting)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "token":
-        return _token_create(args)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "token":
+            return _token_create(args)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            name = "_".join(str(part) for part in error["loc"][:1]).upper()
+            print(f"sluicegate: SLUICEGATE_{name}: {error['msg']}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
+        print(f"sluicegate: {exc}", file=sys.stderr)
+        return 2
     parser.print_help()
     return 2
+
+
+def _check_database(settings: Settings) -> None:
+    """Open (and migrate) the database once and close it.
+
+    Raises:
+        ConfigurationError: it cannot be reached or migrated.
+    """
+    import asyncio
+
+    from sluicegate.engines.store import Store, default_database_url
+
+    async def check() -> None:
+        store = Store(settings.database_url or default_database_url(settings.data_dir))
+        await store.open()
+        await store.close()
+
+    asyncio.run(check())
+
+
+def create_app_or_exit() -> Any:
+    """The app factory ``sluicegate serve`` gives uvicorn: a bad setting found while the app
+    is built (a broker URL, a key entry) is one line on stderr and exit status 2, not a
+    traceback."""
+    from sluicegate.app import create_app
+
+    try:
+        return create_app()
+    except ConfigurationError as exc:
+        print(f"sluicegate: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

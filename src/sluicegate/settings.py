@@ -259,6 +259,12 @@ class Settings(BaseSettings):
         "sluicegate", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Prefix of every Prometheus metric name."
     )
 
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        """``WARNING`` as well as ``warning``: log levels are written both ways."""
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("api_keys", "rate_limit_whitelist", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
