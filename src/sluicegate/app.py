@@ -29,7 +29,7 @@ from sluicegate.engines.log import default_log_url, log_from_url
 from sluicegate.engines.objects import object_store_from_url
 from sluicegate.engines.store import Store, default_database_url
 from sluicegate.engines.store.leases import Leases
-from sluicegate.errors import APIError, ErrCode, SluicegateError, invalid_fields
+from sluicegate.errors import APIError, ConfigurationError, ErrCode, SluicegateError, invalid_fields
 from sluicegate.observability.metrics import Metrics, MetricsMiddleware
 from sluicegate.observability.streams import StreamTelemetry
 from sluicegate.providers.embeddings import embedder_from_settings
@@ -209,8 +209,26 @@ class SluicegateApp(FastAPI):
                     scope["route"] = route
                     await app(scope, receive, send)
                     return
+        if scope["type"] == "lifespan":
+            send = self._one_line_startup_failure(send)
         scope[RAW_SEND] = send
         await super().__call__(scope, receive, send)
+
+    def _one_line_startup_failure(self, send: Send) -> Send:
+        """``send`` with a start-up failure's message cut to one line when it is a bad setting.
+
+        Starlette reports a failed lifespan with the whole traceback, which the server logs;
+        for a :class:`~sluicegate.errors.ConfigurationError` (a broker or log that cannot be
+        reached, say) the sentence naming the setting is all there is to say.
+        """
+
+        async def sending(message: Message) -> None:
+            failure = getattr(self.state, "startup_failure", None)
+            if message["type"] == "lifespan.startup.failed" and failure is not None:
+                message = {**message, "message": f"sluicegate: {failure}"}
+            await send(message)
+
+        return sending
 
 
 def _holder(session_log: SessionLog, data_dir: Path) -> str:
@@ -287,6 +305,17 @@ def _health_router(engines: list[Engine], metrics: Metrics) -> APIRouter:
     router.add_api_route("/metrics", metrics.endpoint, methods=["GET"], summary="Prometheus metrics", tags=["ops"])
     router.add_api_route("/api/metrics", metrics.endpoint, methods=["GET"], summary="Prometheus metrics", tags=["ops"])
     return router
+
+
+async def _open_engines(app: FastAPI, engines: Sequence[Engine], opened: list[Engine]) -> None:
+    """Open ``engines`` in order into ``opened``; a bad setting is kept for the one-line report."""
+    for engine in engines:
+        try:
+            await engine.open()
+        except ConfigurationError as exc:
+            app.state.startup_failure = str(exc)
+            raise
+        opened.append(engine)
 
 
 def _api_keys(settings: Settings) -> ApiKeyStore:
@@ -466,9 +495,7 @@ def create_app(
         if settings.gc_gen0_threshold:
             gc.set_threshold(settings.gc_gen0_threshold, *thresholds[1:])
         try:
-            for engine in engines:
-                await engine.open()
-                opened.append(engine)
+            await _open_engines(app, engines, opened)
             yield
         finally:
             for engine in reversed(opened):

@@ -48,6 +48,14 @@ def test_a_bad_setting_is_one_line_naming_it_and_status_2(tmp_path: Path, settin
     assert "Uvicorn running" not in done.stderr + done.stdout
 
 
+def test_an_engine_that_cannot_be_reached_at_start_up_is_one_line_too(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "serve", "--port", "0", SLUICEGATE_BROKER_URL="redis://127.0.0.1:1")
+    assert done.returncode == 3  # uvicorn's status for a failed application start-up
+    output = done.stderr + done.stdout
+    assert "sluicegate: SLUICEGATE_BROKER_URL: cannot reach Redis" in output
+    assert "Traceback" not in output and "Uvicorn running" not in output
+
+
 def test_log_levels_are_accepted_in_capitals(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "token", "create", "--tenant", "3", SLUICEGATE_LOG_LEVEL="WARNING")
     assert done.returncode == 0, done.stderr
