@@ -21,6 +21,7 @@ from sluicegate.services.media import MediaDecodeError, MediaModelError
 from sluicegate.services.media import audio as audio_module
 from sluicegate.services.media.audio import SAMPLE_RATE, AudioSegment, level_db, segment_audio
 from sluicegate.services.media.config import AudioConfig
+from tests.media import CountingReader
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -197,17 +198,6 @@ def test_stereo_and_other_rates_are_mixed_down_and_resampled() -> None:
     found = segments(data, mode="silence")
     assert_near(found, list(TONES))
     assert read_wav(found[0].wav)[1] == SAMPLE_RATE
-
-
-class CountingReader(io.BytesIO):
-    """In-memory bytes that record how far ``read()`` has gone into them (PyAV reads through it)."""
-
-    furthest = 0
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        chunk = super().read(size)
-        self.furthest = max(self.furthest, self.tell())
-        return chunk
 
 
 def test_segments_are_yielded_while_the_file_is_still_being_read() -> None:

@@ -18,6 +18,7 @@ import pytest
 from sluicegate.services.media import MediaDecodeError
 from sluicegate.services.media.config import Resolution, VideoConfig
 from sluicegate.services.media.video import ExtractedFrame, extract_frames, extract_from_jpegs, scene_score
+from tests.media import CountingReader
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -207,17 +208,6 @@ def test_a_path_and_a_file_object_give_the_same_frames(clip: tuple[bytes, int], 
     assert [(f.frame_number, f.timestamp_ms, f.jpeg) for f in from_path] == [
         (f.frame_number, f.timestamp_ms, f.jpeg) for f in from_file
     ]
-
-
-class CountingReader(io.BytesIO):
-    """In-memory bytes that record how far ``read()`` has gone into them (PyAV reads through it)."""
-
-    furthest = 0
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        chunk = super().read(size)
-        self.furthest = max(self.furthest, self.tell())
-        return chunk
 
 
 def test_frames_are_yielded_while_the_file_is_still_being_read(tmp_path: Path) -> None:

@@ -422,7 +422,7 @@ class IngestService:
         """
         if body.tenantId is not None and body.tenantId != identity.tenant:
             raise APIError.permission_denied("tenantId does not match the token's tenant")
-        media_config(body)  # a bad media field is a 400 before anything is created
+        media = media_config(body)  # a bad media field is a 400 before anything is created
         if body.schemaName is not None:
             if body.sessionType != SessionType.TELEMETRY:
                 raise APIError.invalid_argument("Schemas apply to telemetry sessions only")
@@ -437,7 +437,7 @@ class IngestService:
             session_type=body.sessionType.value,
             session_name=body.sessionName or f"{body.sessionType.value} session {iso(now)}",
             metadata_=body.metadata,
-            config={**body.model_dump(exclude=_NOT_CONFIG), **media_config(body)},
+            config={**body.model_dump(exclude=_NOT_CONFIG), **media},
             state=SessionState.ACTIVE.value,  # initializing is over once the row and the log exist
             created_at=now,
             last_activity_at=now,
